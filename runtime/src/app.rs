@@ -1,0 +1,116 @@
+//! Wiring: config source → translate → publish → workers, plus the admin server. `tidegate run`
+//! and `tidegate demo` both end up in [`run`]; tests start the real binary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+
+use crate::admin::{self, AdminState};
+use crate::config::dir::{DirSource, POLL_INTERVAL};
+use crate::config::{ConfigError, ObjectStore};
+use crate::metrics::Metrics;
+use crate::proxy::{DataPlane, DataPlaneOptions, Published, Publisher};
+use crate::translate::{self, TranslateOptions};
+use crate::wasm::{SandboxLimits, WasmRuntime};
+
+/// Options of `tidegate run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config_dir: PathBuf,
+    pub admin: SocketAddr,
+    pub listen_address: IpAddr,
+    pub address_pool: Option<crate::translate::AddressPool>,
+    pub port_offset: u16,
+    pub workers: usize,
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let wasm = WasmRuntime::new().context("starting the WASM engine")?;
+    let router = wasm.load("router", crate::filters::ROUTER_WASM).context("loading the standard router filter")?;
+    let balancer = wasm.load("balancer", crate::filters::BALANCER_WASM).context("loading the standard balancer filter")?;
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Publisher::new();
+    let data_plane = DataPlane::start(
+        DataPlaneOptions {
+            port_offset: options.port_offset,
+            workers: options.workers,
+            limits: SandboxLimits::default(),
+        },
+        &publisher,
+        vec![router, balancer],
+        metrics.clone(),
+    )
+    .context("starting worker threads")?;
+    let admin_listener = tokio::net::TcpListener::bind(options.admin)
+        .await
+        .with_context(|| format!("cannot bind the admin server on {}; choose another with --admin", options.admin))?;
+    tracing::info!(admin = %options.admin, config_dir = %options.config_dir.display(), "tidegate started");
+    let state = Arc::new(AdminState { publisher: publisher.clone(), data_plane, metrics: metrics.clone() });
+    tokio::spawn(admin::serve(admin_listener, state));
+
+    let mut source = DirSource::new(&options.config_dir);
+    let translate_options = |now: String| TranslateOptions { address: options.listen_address, address_pool: options.address_pool, now };
+    let mut version = 0u64;
+    let mut previous_errors: Vec<ConfigError> = Vec::new();
+    let watch = async {
+        let mut interval = tokio::time::interval(POLL_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(store) = source.poll() else { continue };
+            version += 1;
+            log_new_errors(&store, &previous_errors);
+            previous_errors = store.errors.clone();
+            let translation = translate::translate(&store, &translate_options(rfc3339(SystemTime::now())));
+            let mut snapshot = translation.snapshot;
+            snapshot.version = version;
+            tracing::info!(version, objects = store.objects.len(), errors = store.errors.len(), ports = snapshot.ports.len(), "configuration loaded");
+            metrics.config_loaded(version, &store.errors);
+            publisher.publish(Published::new(snapshot, translation.statuses, store.errors));
+        }
+    };
+    tokio::select! {
+        _ = watch => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+fn log_new_errors(store: &ObjectStore, previous: &[ConfigError]) {
+    for error in store.errors.iter().filter(|e| !previous.contains(e)) {
+        tracing::error!(kind = error.kind(), object = error.object_key().unwrap_or_default(), "{error}");
+    }
+}
+
+/// RFC 3339 UTC time (`2026-11-26T08:00:00Z`), as Kubernetes stamps conditions.
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_683_600);
+        assert_eq!(rfc3339(t), "2026-11-26T09:00:00Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,95 @@
+//! The command line (a contract: scripts, docs and users rely on it; see DESIGN.md).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tidegate", version, about = "A per-node Kubernetes proxy whose routing, balancing and policy are sandboxed WASM filters")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "TIDEGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Standalone: serve the Kubernetes YAML in DIR, watching it for changes.
+    Run(RunArgs),
+    /// The quickstart: examples/quickstart with demo backends; prints what to curl.
+    Demo(DemoArgs),
+    /// The echo backend of the Gateway API conformance suite.
+    Echo(EchoArgs),
+    /// Parse and translate DIR, print every object's status, exit 1 on errors.
+    Validate {
+        /// Directory of Kubernetes YAML/JSON.
+        dir: PathBuf,
+    },
+    /// Print the computed Gateway API status of a running tidegate as a table.
+    Status {
+        /// Admin address of the running tidegate.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of Kubernetes YAML/JSON to serve (watched; edits apply within a second).
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    /// Admin HTTP server address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Address Gateways are served on, unless spec.addresses or --address-pool gives them another.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+    /// Added to every Gateway listener port when binding (e.g. 8000 serves port 80 on 8080).
+    #[arg(long, default_value_t = 0)]
+    pub port_offset: u16,
+    /// Give every Gateway without spec.addresses its own address from this IPv4 CIDR (e.g.
+    /// 127.0.100.0/24), so Gateways can share a port as they do on a cluster.
+    #[arg(long)]
+    pub address_pool: Option<crate::translate::AddressPool>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Admin HTTP server address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Address the quickstart Gateway binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_address: IpAddr,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    /// HTTP/1.1 address to serve.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// h2c (HTTP/2 prior knowledge) address to serve.
+    #[arg(long)]
+    pub h2c_listen: Option<SocketAddr>,
+    /// Namespace reported in responses.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Pod name reported in responses.
+    #[arg(long, default_value = "echo")]
+    pub pod: String,
+    /// Service name reported in responses.
+    #[arg(long, default_value = "")]
+    pub service: String,
+}

@@ -1,0 +1,19 @@
+//! tidegate: a per-node Kubernetes proxy whose routing, load balancing and policy are sandboxed
+//! WASM filters (proxy-wasm ABI v0.2.1).
+//!
+//! Data flow: config source → [`config::ObjectStore`] → [`translate`] (pure) → [`snapshot`] →
+//! [`proxy`] workers, each running the standard filters ([`filters`]) in the [`wasm`] host.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod echo;
+pub mod filters;
+pub mod metrics;
+pub mod proxy;
+pub mod snapshot;
+pub mod translate;
+pub mod wasm;

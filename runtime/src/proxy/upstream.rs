@@ -1,0 +1,131 @@
+//! Upstream connection pools of one worker: keep-alive HTTP/1.1, and HTTP/2 with prior
+//! knowledge for clusters whose Service port says `appProtocol: kubernetes.io/h2c`.
+//!
+//! The pools are keyed by endpoint address, not by URL: the filters choose the endpoint and
+//! the Host / `:authority` independently (URLRewrite), which a URL-keyed client cannot express.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::worker::LocalExec;
+use crate::snapshot::UpstreamProtocol;
+
+/// How long a TCP connect to an endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {endpoint} failed: {source}")]
+    Connect { endpoint: SocketAddr, source: std::io::Error },
+    #[error("connect to {endpoint} timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { endpoint: SocketAddr },
+    #[error("HTTP handshake with {endpoint} failed: {source}")]
+    Handshake { endpoint: SocketAddr, source: hyper::Error },
+    #[error("request to {endpoint} failed: {source}")]
+    Request { endpoint: SocketAddr, source: hyper::Error },
+}
+
+/// The pools of one worker (single-threaded: no locks). Cloning shares the pools.
+#[derive(Default, Clone)]
+pub struct Upstreams {
+    http1_idle: Rc<RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>>,
+    h2: Rc<RefCell<HashMap<SocketAddr, http2::SendRequest<Incoming>>>>,
+}
+
+impl Upstreams {
+    /// Sends `request` to `endpoint`. For HTTP/1.1 the URI must be origin-form with a Host
+    /// header; for HTTP/2 it must be absolute (its authority becomes `:authority`).
+    pub async fn send(&self, endpoint: SocketAddr, protocol: UpstreamProtocol, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        match protocol {
+            UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
+            UpstreamProtocol::H2c => self.send_h2(endpoint, request).await,
+        }
+    }
+
+    async fn send_http1(&self, endpoint: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = match self.idle_http1(endpoint) {
+            Some(sender) => sender,
+            None => {
+                let io = connect(endpoint).await?;
+                let (sender, connection) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                sender
+            }
+        };
+        let response = sender.send_request(request).await.map_err(|source| UpstreamError::Request { endpoint, source })?;
+        // The connection is reusable once the response body has been read; park it then.
+        let pools = self.clone();
+        tokio::task::spawn_local(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = pools.http1_idle.borrow_mut();
+                let list = idle.entry(endpoint).or_default();
+                if list.len() < MAX_IDLE_PER_ENDPOINT {
+                    list.push(sender);
+                }
+            }
+        });
+        Ok(response)
+    }
+
+    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.http1_idle.borrow_mut();
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn send_h2(&self, endpoint: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = self.h2.borrow().get(&endpoint).filter(|s| !s.is_closed()).cloned();
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => {
+                let io = connect(endpoint).await?;
+                let (sender, connection) = http2::Builder::new(LocalExec)
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                self.h2.borrow_mut().insert(endpoint, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(|source| UpstreamError::Request { endpoint, source })?;
+        sender.send_request(request).await.map_err(|source| UpstreamError::Request { endpoint, source })
+    }
+}
+
+async fn connect(endpoint: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout { endpoint })?
+        .map_err(|source| UpstreamError::Connect { endpoint, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}

@@ -1,0 +1,185 @@
+//! Worker threads: each runs a current-thread runtime, owns its filter VMs and upstream pools,
+//! and follows the published configuration (building a new generation per version).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::chain::Chain;
+use super::listener;
+use super::published::{Published, Publisher};
+use super::upstream::Upstreams;
+use crate::metrics::Metrics;
+use crate::wasm::{FilterModule, SandboxLimits};
+
+/// How the data plane binds and runs.
+#[derive(Debug, Clone)]
+pub struct DataPlaneOptions {
+    /// Added to every Gateway listener port when binding (lets tests and unprivileged users
+    /// serve port-80 Gateways); redirects and Host defaults still use the Gateway's port.
+    pub port_offset: u16,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Sandbox limits of the standard filters.
+    pub limits: SandboxLimits,
+}
+
+/// Executor that keeps hyper's connection tasks on the current worker.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+/// Handle on the running workers.
+pub struct DataPlane {
+    /// Per worker: the snapshot version it serves (0 = none yet).
+    serving: Vec<Arc<AtomicU64>>,
+}
+
+impl DataPlane {
+    /// Starts the worker threads; they serve whatever `publisher` publishes from now on.
+    pub fn start(options: DataPlaneOptions, publisher: &Publisher, modules: Vec<FilterModule>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let mut serving = Vec::new();
+        for id in 0..options.workers.max(1) {
+            let version = Arc::new(AtomicU64::new(0));
+            serving.push(version.clone());
+            let rx = publisher.subscribe();
+            let options = options.clone();
+            let modules = modules.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new().name(format!("tidegate-worker-{id}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(worker = id, error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                let worker = Rc::new(Worker {
+                    id,
+                    options,
+                    modules,
+                    metrics,
+                    upstreams: Upstreams::default(),
+                    current: RefCell::new(None),
+                    listeners: RefCell::new(HashMap::new()),
+                    serving: version,
+                });
+                local.block_on(&runtime, worker.run(rx));
+            })?;
+        }
+        Ok(Self { serving })
+    }
+
+    /// The lowest snapshot version any worker serves (0 until every worker serves one).
+    pub fn serving_version(&self) -> u64 {
+        self.serving.iter().map(|v| v.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
+}
+
+/// One configuration generation on one worker: the published config and the VMs built for it.
+/// Requests hold an `Rc` to the generation they started on, so a reload never changes the
+/// configuration under a request in flight.
+pub struct Generation {
+    pub published: Arc<Published>,
+    pub chain: Chain,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub options: DataPlaneOptions,
+    modules: Vec<FilterModule>,
+    pub metrics: Arc<Metrics>,
+    pub upstreams: Upstreams,
+    current: RefCell<Option<Rc<Generation>>>,
+    listeners: RefCell<HashMap<(IpAddr, u16), JoinHandle<()>>>,
+    serving: Arc<AtomicU64>,
+}
+
+impl Worker {
+    async fn run(self: Rc<Self>, mut rx: watch::Receiver<Arc<Published>>) {
+        loop {
+            let published = rx.borrow_and_update().clone();
+            if published.snapshot.version > 0 {
+                self.apply(published);
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The generation new requests start on.
+    pub fn current(&self) -> Option<Rc<Generation>> {
+        self.current.borrow().clone()
+    }
+
+    fn apply(self: &Rc<Self>, published: Arc<Published>) {
+        let version = published.snapshot.version;
+        let configs = [published.router_config.clone(), published.balancer_config.clone()];
+        let filters: Vec<_> = self.modules.iter().cloned().zip(configs).collect();
+        match Chain::start(&filters, self.options.limits.clone(), self.metrics.clone()) {
+            Ok(chain) => {
+                *self.current.borrow_mut() = Some(Rc::new(Generation { published: published.clone(), chain }));
+            }
+            Err(e) => {
+                // The last good generation keeps serving.
+                tracing::error!(worker = self.id, version, error = %e, "a filter rejected configuration version {version}; the previous version keeps serving");
+                self.metrics.config_rejected();
+            }
+        }
+        self.reconcile_listeners(&published);
+        self.serving.store(version, Ordering::Release);
+    }
+
+    /// Binds new ports and stops accepting on removed ones (open connections finish).
+    fn reconcile_listeners(self: &Rc<Self>, published: &Published) {
+        let mut listeners = self.listeners.borrow_mut();
+        let wanted: Vec<(IpAddr, u16)> = published.snapshot.ports.iter().map(|p| (p.address, p.port)).collect();
+        listeners.retain(|key, handle| {
+            let keep = wanted.contains(key);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (address, port) in wanted {
+            if listeners.contains_key(&(address, port)) {
+                continue;
+            }
+            let Some(bind_port) = port.checked_add(self.options.port_offset) else {
+                tracing::error!(port, offset = self.options.port_offset, "listener port plus --port-offset exceeds 65535");
+                continue;
+            };
+            let addr = SocketAddr::new(address, bind_port);
+            match listener::bind_reuseport(addr) {
+                Ok(socket) => {
+                    if self.id == 0 {
+                        tracing::info!(%addr, gateway_port = port, "listening");
+                    }
+                    let handle = tokio::task::spawn_local(listener::accept_loop(socket, address, port, self.clone()));
+                    listeners.insert((address, port), handle);
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen; is another process using this port, or is the address not on this node? (see --port-offset, --listen-address, --address-pool)");
+                    self.metrics.bind_error();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The immutable plan the data plane serves: what to listen on, the filters' configurations
+//! and the clusters. Built by [`crate::translate`], swapped atomically, read once per
+//! connection and request (a request sees one snapshot from start to end).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+use tidegate_balancer::config::BalancerConfig;
+use tidegate_router::config::RouterConfig;
+
+/// One version of the whole plan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Increases by one with every translation that changed something.
+    pub version: u64,
+    /// One entry per port some Gateway listener serves.
+    pub ports: Vec<PortPlan>,
+    /// Configuration of the router filter (sent to `proxy_on_configure`).
+    pub router: RouterConfig,
+    /// Configuration of the balancer filter (sent to `proxy_on_configure`).
+    pub balancer: BalancerConfig,
+    /// How to talk to each cluster the router may choose.
+    pub clusters: BTreeMap<String, ClusterPlan>,
+}
+
+/// What to serve on one port (the Gateway's port, before any `--port-offset`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PortPlan {
+    /// The address this port is bound on (the Gateways' address).
+    pub address: IpAddr,
+    pub port: u16,
+    /// `namespace/name` of the Gateways served here (several when they share an address).
+    pub gateways: Vec<String>,
+    pub protocol: PortProtocol,
+    /// Certificates of the HTTPS listeners on this port, chosen by SNI.
+    pub certificates: Vec<ListenerCertificate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PortProtocol {
+    Http,
+    Https,
+}
+
+impl PortProtocol {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            PortProtocol::Http => "http",
+            PortProtocol::Https => "https",
+        }
+    }
+}
+
+/// The certificate of one HTTPS listener.
+#[derive(Clone, Serialize)]
+pub struct ListenerCertificate {
+    /// `namespace/gateway/listener`.
+    pub listener: String,
+    /// The listener hostname (`None` = any SNI, the fallback certificate).
+    pub hostname: Option<String>,
+    #[serde(skip)]
+    pub key: Arc<CertifiedKey>,
+}
+
+impl PartialEq for ListenerCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.listener == other.listener && self.hostname == other.hostname && Arc::ptr_eq(&self.key, &other.key)
+    }
+}
+
+impl fmt::Debug for ListenerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerCertificate").field("listener", &self.listener).field("hostname", &self.hostname).finish()
+    }
+}
+
+/// How to reach one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterPlan {
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// The protocol spoken to a cluster's endpoints (from the Service port's appProtocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (`appProtocol: kubernetes.io/h2c`).
+    H2c,
+}

@@ -1,0 +1,153 @@
+//! Translate: objects → [`Snapshot`] + computed status. A pure function: no I/O, no clock
+//! (the caller passes the time stamped on conditions), so every case is a unit test.
+//!
+//! Invalid objects get status conditions and are left out; they never take down good config.
+
+mod addresses;
+mod gateways;
+mod routes;
+pub mod status;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use tidegate_balancer::config::{BalancerConfig, Cluster};
+use tidegate_router::config::RouterConfig;
+
+use crate::config::ObjectStore;
+use crate::config::objects::{Object, SERVICE_NAME_LABEL, Service};
+use crate::snapshot::{ClusterPlan, Snapshot, UpstreamProtocol};
+
+pub use self::addresses::AddressPool;
+pub use self::status::ObjectStatus;
+
+/// The GatewayClass controller name tidegate answers to.
+pub const CONTROLLER_NAME: &str = "tidegate.dev/gateway-controller";
+
+/// What translation needs besides the objects.
+#[derive(Debug, Clone)]
+pub struct TranslateOptions {
+    /// The address Gateways are served on unless they ask for one (`spec.addresses`) or the
+    /// address pool gives them their own.
+    pub address: IpAddr,
+    /// When set, every Gateway without `spec.addresses` gets its own address from this pool,
+    /// so several Gateways can serve the same port (as they would on a cluster).
+    pub address_pool: Option<AddressPool>,
+    /// RFC 3339 time stamped on conditions as `lastTransitionTime`.
+    pub now: String,
+}
+
+/// The result of one translation.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    /// The plan (its `version` is set by whoever publishes it).
+    pub snapshot: Snapshot,
+    /// Status of every object tidegate is responsible for.
+    pub statuses: Vec<ObjectStatus>,
+}
+
+/// Objects → plan + status.
+pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation {
+    let mut statuses = Vec::new();
+    let classes = gateways::our_classes(store, options, &mut statuses);
+    let mut gateways = gateways::translate_gateways(store, &classes, options);
+    let mut clusters = ClusterRegistry::default();
+    let routes = routes::translate_routes(store, &mut gateways, &mut clusters, options, &mut statuses);
+
+    let mut router = RouterConfig::default();
+    for gateway in &gateways {
+        for listener in gateway.listeners.iter().filter(|l| l.programmed()) {
+            router.listeners.push(tidegate_router::config::Listener {
+                gateway: gateway.key.clone(),
+                name: listener.spec.name.clone(),
+                port: listener.spec.port,
+                protocol: listener.spec.protocol.clone(),
+                hostname: listener.spec.hostname.clone(),
+                routes: routes.attached_to(&gateway.key, &listener.spec.name),
+            });
+        }
+    }
+    let ports = gateways::port_plans(&gateways);
+    statuses.extend(gateways.iter().map(|g| g.status(options)));
+
+    let (balancer, cluster_plans) = clusters.resolve(store);
+    Translation {
+        snapshot: Snapshot { version: 0, ports, router, balancer, clusters: cluster_plans },
+        statuses,
+    }
+}
+
+/// The clusters routes refer to: one per (Service, port).
+#[derive(Debug, Default)]
+pub(crate) struct ClusterRegistry {
+    /// cluster name → (namespace, service, port)
+    wanted: BTreeMap<String, (String, String, u16)>,
+}
+
+impl ClusterRegistry {
+    /// Registers a Service port and returns the cluster name the router will write.
+    pub(crate) fn cluster_for(&mut self, namespace: &str, service: &str, port: u16) -> String {
+        let name = format!("{namespace}/{service}:{port}");
+        self.wanted.insert(name.clone(), (namespace.to_string(), service.to_string(), port));
+        name
+    }
+
+    fn resolve(self, store: &ObjectStore) -> (BalancerConfig, BTreeMap<String, ClusterPlan>) {
+        let mut balancer = BalancerConfig::default();
+        let mut plans = BTreeMap::new();
+        for (name, (namespace, service_name, port)) in self.wanted {
+            let Some(Object::Service(service)) = store.get("Service", &namespace, &service_name) else { continue };
+            let plan = cluster_plan(store, service, &namespace, port);
+            balancer.clusters.insert(
+                name.clone(),
+                Cluster { endpoints: plan.endpoints.iter().map(|e| e.to_string()).collect(), ..Default::default() },
+            );
+            plans.insert(name, plan);
+        }
+        (balancer, plans)
+    }
+}
+
+/// Endpoints of one Service port, from the EndpointSlices labelled with the Service's name.
+/// A slice port is matched to the Service port by name (Kubernetes semantics), which also lets
+/// every endpoint of a slice listen on its own port.
+fn cluster_plan(store: &ObjectStore, service: &Service, namespace: &str, port: u16) -> ClusterPlan {
+    let service_port = service.spec.ports.iter().find(|p| p.port == port);
+    let port_name = service_port.and_then(|p| p.name.clone()).unwrap_or_default();
+    let protocol = match service_port.and_then(|p| p.app_protocol.as_deref()) {
+        Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
+        _ => UpstreamProtocol::Http1,
+    };
+    let mut endpoints = Vec::new();
+    for object in store.of_kind("EndpointSlice") {
+        let Object::EndpointSlice(slice) = object else { continue };
+        if slice.metadata.namespace.as_deref().unwrap_or("default") != namespace
+            || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
+        {
+            continue;
+        }
+        let Some(target) = slice.ports.iter().find(|p| p.name.clone().unwrap_or_default() == port_name).and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // Kubernetes: a nil `ready` means ready.
+            if endpoint.conditions.ready == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+                    let addr = std::net::SocketAddr::new(ip, target);
+                    if !endpoints.contains(&addr) {
+                        endpoints.push(addr);
+                    }
+                }
+            }
+        }
+    }
+    ClusterPlan { protocol, endpoints }
+}
+
+#[cfg(test)]
+mod tests;

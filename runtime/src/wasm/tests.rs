@@ -1,0 +1,1 @@
+//! Tests of the WASM host with hand-written WAT guests.
