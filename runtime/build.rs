@@ -8,14 +8,24 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FILTERS: &[(&str, &str)] = &[("tidegate-router", "tidegate_router"), ("tidegate-balancer", "tidegate_balancer")];
+const FILTERS: &[(&str, &str)] = &[
+    ("tidegate-router", "tidegate_router"),
+    ("tidegate-balancer", "tidegate_balancer"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("runtime/ sits in the workspace").to_path_buf();
+    let workspace = manifest_dir
+        .parent()
+        .expect("runtime/ sits in the workspace")
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // target/<profile>/build/tidegate-<hash>/out → target/<profile>/wasm-filters
-    let target_dir = out_dir.ancestors().nth(3).map(|p| p.join("wasm-filters")).unwrap_or_else(|| out_dir.join("wasm-filters"));
+    let target_dir = out_dir
+        .ancestors()
+        .nth(3)
+        .map(|p| p.join("wasm-filters"))
+        .unwrap_or_else(|| out_dir.join("wasm-filters"));
 
     for dir in ["filters", "sdk"] {
         rerun_if_changed_tree(&workspace.join(dir));
@@ -32,10 +42,20 @@ fn main() {
         cmd.args(["-p", package]);
     }
     // The outer build's flags are for the host target; none of them applies to wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_BUILD_RUSTFLAGS", "CARGO_MAKEFLAGS", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("could not run cargo to build the standard filters: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("could not run cargo to build the standard filters: {e}"));
     if !status.success() {
         panic!(
             "building the standard WASM filters failed (see above). If the error says the target \

@@ -17,7 +17,10 @@ impl Drop for Guard {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn spawn(cpu: &str, program: &str, args: &[&str]) -> Guard {
@@ -49,12 +52,23 @@ struct Result {
 }
 
 fn wrk(url: &str, seconds: u32, connections: u32) -> Result {
-    let warm = Command::new("taskset").args(["-c", "1", "wrk", "-t1", "-c4", "-d2s", url]).output();
+    let warm = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c4", "-d2s", url])
+        .output();
     if warm.is_err() {
         panic!("wrk is missing: apt-get install -y wrk");
     }
     let output = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -64,7 +78,11 @@ fn wrk(url: &str, seconds: u32, connections: u32) -> Result {
             .map(|v| parse_value(&v))
             .unwrap_or(f64::NAN)
     };
-    Result { rps: field("Requests/sec:"), p50_ms: field("50%"), p99_ms: field("99%") }
+    Result {
+        rps: field("Requests/sec:"),
+        p50_ms: field("50%"),
+        p99_ms: field("99%"),
+    }
 }
 
 /// wrk prints latencies as `1.23ms` / `456.00us` / `1.20s`.
@@ -79,13 +97,29 @@ fn parse_value(v: &str) -> f64 {
 }
 
 fn main() {
-    let seconds: u32 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let connections: u32 = std::env::var("BENCH_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let connections: u32 = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
     let dir = std::env::temp_dir().join(format!("tidegate-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("config")).expect("bench dir");
 
     let echo_port = free_port();
-    let _echo = spawn("1", BIN, &["echo", "--listen", &format!("127.0.0.1:{echo_port}"), "--pod", "bench-0"]);
+    let _echo = spawn(
+        "1",
+        BIN,
+        &[
+            "echo",
+            "--listen",
+            &format!("127.0.0.1:{echo_port}"),
+            "--pod",
+            "bench-0",
+        ],
+    );
     wait_for(echo_port);
 
     let nginx_port = free_port();
@@ -101,7 +135,16 @@ fn main() {
         ),
     )
     .expect("write nginx.conf");
-    let _nginx = spawn("0", "nginx", &["-c", nginx_conf.to_str().expect("utf-8"), "-p", dir.to_str().expect("utf-8")]);
+    let _nginx = spawn(
+        "0",
+        "nginx",
+        &[
+            "-c",
+            nginx_conf.to_str().expect("utf-8"),
+            "-p",
+            dir.to_str().expect("utf-8"),
+        ],
+    );
     wait_for(nginx_port);
 
     let gateway_port = free_port();
@@ -112,7 +155,19 @@ fn main() {
     let _tidegate = spawn(
         "0",
         BIN,
-        &["run", "--config-dir", config.to_str().expect("utf-8"), "--admin", &admin, "--listen-address", "127.0.0.1", "--port-offset", &offset, "--workers", "1"],
+        &[
+            "run",
+            "--config-dir",
+            config.to_str().expect("utf-8"),
+            "--admin",
+            &admin,
+            "--listen-address",
+            "127.0.0.1",
+            "--port-offset",
+            &offset,
+            "--workers",
+            "1",
+        ],
     );
     wait_for(gateway_port);
 
@@ -130,8 +185,16 @@ fn main() {
     }
     let (direct, nginx, tidegate) = (&results[0], &results[1], &results[2]);
     println!("\nratios (same run):");
-    println!("  tidegate / nginx   req/s {:.2}   p99 {:.2}", tidegate.rps / nginx.rps, tidegate.p99_ms / nginx.p99_ms);
-    println!("  tidegate / direct  req/s {:.2}   p99 {:.2}", tidegate.rps / direct.rps, tidegate.p99_ms / direct.p99_ms);
+    println!(
+        "  tidegate / nginx   req/s {:.2}   p99 {:.2}",
+        tidegate.rps / nginx.rps,
+        tidegate.p99_ms / nginx.p99_ms
+    );
+    println!(
+        "  tidegate / direct  req/s {:.2}   p99 {:.2}",
+        tidegate.rps / direct.rps,
+        tidegate.p99_ms / direct.p99_ms
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

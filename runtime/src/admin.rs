@@ -33,7 +33,9 @@ impl AdminState {
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -50,7 +52,10 @@ fn route(request: &Request<hyper::body::Incoming>, state: &AdminState) -> Respon
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/ready" if state.is_ready() => text(StatusCode::OK, "ready\n".into()),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration is served yet\n".into()),
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no configuration is served yet\n".into(),
+        ),
         "/metrics" => {
             let mut response = text(StatusCode::OK, state.metrics.encode());
             response.headers_mut().insert(
@@ -76,7 +81,10 @@ fn route(request: &Request<hyper::body::Incoming>, state: &AdminState) -> Respon
                 "errors": published.errors.iter().map(|e| json!({"object": e.object_key(), "kind": e.kind(), "message": e.to_string()})).collect::<Vec<_>>(),
             }))
         }
-        _ => text(StatusCode::NOT_FOUND, "unknown path; try /ready /healthz /metrics /config_dump /status\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown path; try /ready /healthz /metrics /config_dump /status\n".into(),
+        ),
     }
 }
 
@@ -89,6 +97,9 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -30,8 +30,12 @@ pub struct RunOptions {
 /// Runs until `shutdown` completes.
 pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let wasm = WasmRuntime::new().context("starting the WASM engine")?;
-    let router = wasm.load("router", crate::filters::ROUTER_WASM).context("loading the standard router filter")?;
-    let balancer = wasm.load("balancer", crate::filters::BALANCER_WASM).context("loading the standard balancer filter")?;
+    let router = wasm
+        .load("router", crate::filters::ROUTER_WASM)
+        .context("loading the standard router filter")?;
+    let balancer = wasm
+        .load("balancer", crate::filters::BALANCER_WASM)
+        .context("loading the standard balancer filter")?;
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new();
     let data_plane = DataPlane::start(
@@ -45,15 +49,26 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         metrics.clone(),
     )
     .context("starting worker threads")?;
-    let admin_listener = tokio::net::TcpListener::bind(options.admin)
-        .await
-        .with_context(|| format!("cannot bind the admin server on {}; choose another with --admin", options.admin))?;
+    let admin_listener = tokio::net::TcpListener::bind(options.admin).await.with_context(|| {
+        format!(
+            "cannot bind the admin server on {}; choose another with --admin",
+            options.admin
+        )
+    })?;
     tracing::info!(admin = %options.admin, config_dir = %options.config_dir.display(), "tidegate started");
-    let state = Arc::new(AdminState { publisher: publisher.clone(), data_plane, metrics: metrics.clone() });
+    let state = Arc::new(AdminState {
+        publisher: publisher.clone(),
+        data_plane,
+        metrics: metrics.clone(),
+    });
     tokio::spawn(admin::serve(admin_listener, state));
 
     let mut source = DirSource::new(&options.config_dir);
-    let translate_options = |now: String| TranslateOptions { address: options.listen_address, address_pool: options.address_pool, now };
+    let translate_options = |now: String| TranslateOptions {
+        address: options.listen_address,
+        address_pool: options.address_pool,
+        now,
+    };
     let mut version = 0u64;
     let mut previous_errors: Vec<ConfigError> = Vec::new();
     let watch = async {
@@ -68,7 +83,13 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             let translation = translate::translate(&store, &translate_options(rfc3339(SystemTime::now())));
             let mut snapshot = translation.snapshot;
             snapshot.version = version;
-            tracing::info!(version, objects = store.objects.len(), errors = store.errors.len(), ports = snapshot.ports.len(), "configuration loaded");
+            tracing::info!(
+                version,
+                objects = store.objects.len(),
+                errors = store.errors.len(),
+                ports = snapshot.ports.len(),
+                "configuration loaded"
+            );
             metrics.config_loaded(version, &store.errors);
             publisher.publish(Published::new(snapshot, translation.statuses, store.errors));
         }
@@ -82,13 +103,20 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
 
 fn log_new_errors(store: &ObjectStore, previous: &[ConfigError]) {
     for error in store.errors.iter().filter(|e| !previous.contains(e)) {
-        tracing::error!(kind = error.kind(), object = error.object_key().unwrap_or_default(), "{error}");
+        tracing::error!(
+            kind = error.kind(),
+            object = error.object_key().unwrap_or_default(),
+            "{error}"
+        );
     }
 }
 
 /// RFC 3339 UTC time (`2026-11-26T08:00:00Z`), as Kubernetes stamps conditions.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -100,7 +128,12 @@ pub fn rfc3339(time: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tidegate", version, about = "A per-node Kubernetes proxy whose routing, balancing and policy are sandboxed WASM filters")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "A per-node Kubernetes proxy whose routing, balancing and policy are sandboxed WASM filters"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text", env = "TIDEGATE_LOG_FORMAT")]

@@ -22,11 +22,16 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// The control plane runs on the main thread's current-thread runtime; workers have their own.
 fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the control-plane runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the control-plane runtime")
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let options = RunOptions {
         config_dir: args.config_dir,
         admin: args.admin,
@@ -63,7 +68,10 @@ fn echo(args: crate::cli::EchoArgs) -> anyhow::Result<ExitCode> {
         pod: args.pod,
         service: args.service,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         tokio::select! {
             result = crate::echo::serve(options) => result.context("echo server failed"),
@@ -101,12 +109,14 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 fn status(admin: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
-    let mut stream = std::net::TcpStream::connect(admin).with_context(|| format!("cannot reach tidegate's admin server at {admin}; is it running? (--admin)"))?;
+    let mut stream = std::net::TcpStream::connect(admin)
+        .with_context(|| format!("cannot reach tidegate's admin server at {admin}; is it running? (--admin)"))?;
     write!(stream, "GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(body).context("the admin server answered something that is not status JSON")?;
+    let value: serde_json::Value =
+        serde_json::from_str(body).context("the admin server answered something that is not status JSON")?;
     let statuses: Vec<ObjectStatus> = value["objects"]
         .as_array()
         .map(|objects| {
@@ -132,7 +142,11 @@ fn status(admin: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
 }
 
 fn qualified(status: &ObjectStatus) -> String {
-    if status.namespace.is_empty() { status.name.clone() } else { format!("{}/{}", status.namespace, status.name) }
+    if status.namespace.is_empty() {
+        status.name.clone()
+    } else {
+        format!("{}/{}", status.namespace, status.name)
+    }
 }
 
 /// One line per object: its kind, name and top-level conditions (per parent for routes).
@@ -151,14 +165,27 @@ fn summarize(status: &serde_json::Value) -> String {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|c| format!("{}={}({})", c["type"].as_str().unwrap_or("?"), c["status"].as_str().unwrap_or("?"), c["reason"].as_str().unwrap_or("?")))
+            .map(|c| {
+                format!(
+                    "{}={}({})",
+                    c["type"].as_str().unwrap_or("?"),
+                    c["status"].as_str().unwrap_or("?"),
+                    c["reason"].as_str().unwrap_or("?")
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
     if let Some(parents) = status["parents"].as_array() {
         return parents
             .iter()
-            .map(|p| format!("[{}] {}", p["parentRef"]["name"].as_str().unwrap_or("?"), list(&p["conditions"])))
+            .map(|p| {
+                format!(
+                    "[{}] {}",
+                    p["parentRef"]["name"].as_str().unwrap_or("?"),
+                    list(&p["conditions"])
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
     }
@@ -172,16 +199,31 @@ fn false_conditions(status: &serde_json::Value) -> Vec<(String, String)> {
         for c in conditions.as_array().into_iter().flatten() {
             // Conflicted=False is the healthy state; every other condition is healthy when True.
             if c["status"] == "False" && c["type"] != "Conflicted" {
-                found.push((scope.clone(), format!("{scope}{}={} ({}): {}", c["type"].as_str().unwrap_or("?"), "False", c["reason"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or(""))));
+                found.push((
+                    scope.clone(),
+                    format!(
+                        "{scope}{}={} ({}): {}",
+                        c["type"].as_str().unwrap_or("?"),
+                        "False",
+                        c["reason"].as_str().unwrap_or("?"),
+                        c["message"].as_str().unwrap_or("")
+                    ),
+                ));
             }
         }
     };
     scan(String::new(), &status["conditions"]);
     for l in status["listeners"].as_array().into_iter().flatten() {
-        scan(format!("listener {}: ", l["name"].as_str().unwrap_or("?")), &l["conditions"]);
+        scan(
+            format!("listener {}: ", l["name"].as_str().unwrap_or("?")),
+            &l["conditions"],
+        );
     }
     for p in status["parents"].as_array().into_iter().flatten() {
-        scan(format!("parent {}: ", p["parentRef"]["name"].as_str().unwrap_or("?")), &p["conditions"]);
+        scan(
+            format!("parent {}: ", p["parentRef"]["name"].as_str().unwrap_or("?")),
+            &p["conditions"],
+        );
     }
     found
 }

@@ -35,7 +35,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let slices = start_backends(args.listen_address).await?;
         std::fs::write(dir.join("endpointslices.yaml"), slices).context("writing EndpointSlices")?;
-        let options = RunOptions { config_dir: dir.clone(), admin: args.admin, listen_address: args.listen_address, address_pool: None, port_offset: 0, workers: 2 };
+        let options = RunOptions {
+            config_dir: dir.clone(),
+            admin: args.admin,
+            listen_address: args.listen_address,
+            address_pool: None,
+            port_offset: 0,
+            workers: 2,
+        };
         tokio::spawn(print_when_ready(args.admin, args.listen_address, dir.clone()));
         app::run(options, crate::commands::shutdown_signal()).await
     })?;
@@ -47,11 +54,18 @@ async fn start_backends(ip: IpAddr) -> anyhow::Result<String> {
     let mut slices = String::new();
     for (service, pods) in BACKENDS {
         for index in 0..*pods {
-            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).context("finding a free port for a demo backend")?;
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+                .context("finding a free port for a demo backend")?;
             let addr = listener.local_addr()?;
             drop(listener);
             let pod = format!("{service}-{index}");
-            let options = EchoOptions { listen: addr, h2c_listen: None, namespace: "demo".into(), pod: pod.clone(), service: service.to_string() };
+            let options = EchoOptions {
+                listen: addr,
+                h2c_listen: None,
+                namespace: "demo".into(),
+                pod: pod.clone(),
+                service: service.to_string(),
+            };
             tokio::spawn(async move {
                 if let Err(e) = echo::serve(options).await {
                     tracing::error!(%addr, error = %e, "demo backend stopped");
@@ -105,7 +119,9 @@ async fn print_when_ready(admin: SocketAddr, ip: IpAddr, dir: PathBuf) {
 
 async fn ready(admin: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else { return false };
+    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else {
+        return false;
+    };
     if stream.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await.is_err() {
         return false;
     }

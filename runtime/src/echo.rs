@@ -102,12 +102,9 @@ pub async fn serve(opts: EchoOptions) -> io::Result<()> {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|err| {
-        io::Error::new(
-            err.kind(),
-            format!("echo: cannot listen ({what}) on {addr}: {err}"),
-        )
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| io::Error::new(err.kind(), format!("echo: cannot listen ({what}) on {addr}: {err}")))
 }
 
 async fn accept_optional(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
@@ -124,9 +121,7 @@ async fn accept_failed(err: io::Error, what: &str) {
 }
 
 fn announce(port: u16, what: &str) {
-    print_line(&format!(
-        "Starting server, listening on port {port} ({what})"
-    ));
+    print_line(&format!("Starting server, listening on port {port} ({what})"));
 }
 
 /// Writes one line to stdout and flushes it (log readers depend on seeing it promptly).
@@ -219,16 +214,11 @@ async fn serve_h2c(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
 }
 
 async fn handle_h2c(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Body> {
-    let upgrade_h2c = req
-        .headers()
-        .get(UPGRADE)
-        .is_some_and(|v| v.as_bytes() == b"h2c");
+    let upgrade_h2c = req.headers().get(UPGRADE).is_some_and(|v| v.as_bytes() == b"h2c");
     if req.version() != Version::HTTP_2 && !upgrade_h2c {
         return text(StatusCode::BAD_REQUEST, "Expected h2c request");
     }
@@ -246,9 +236,7 @@ async fn handle_http(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
         return Outcome::Respond(empty(StatusCode::OK));
     }
     match mux_route(req.uri().path(), req.uri().query()) {
-        MuxRoute::Redirect(location) => {
-            Outcome::Respond(moved_permanently(req.method(), &location))
-        }
+        MuxRoute::Redirect(location) => Outcome::Respond(moved_permanently(req.method(), &location)),
         MuxRoute::Health => Outcome::Respond(text(StatusCode::OK, "OK")),
         MuxRoute::WebSocket => {
             let wants_ws = req
@@ -311,9 +299,7 @@ async fn retry_handler(req: &Request<Incoming>, peer: SocketAddr, shared: &Share
         return match response_code {
             None => Outcome::Reset,
             Some(code) => match u16::try_from(code).ok().map(StatusCode::from_u16) {
-                Some(Ok(status)) if status.is_informational() => {
-                    Outcome::Respond(empty(StatusCode::OK))
-                }
+                Some(Ok(status)) if status.is_informational() => Outcome::Respond(empty(StatusCode::OK)),
                 Some(Ok(status)) => Outcome::Respond(empty(status)),
                 // Go panics on an invalid WriteHeader code and the connection is torn down.
                 _ => Outcome::Reset,
@@ -327,13 +313,9 @@ async fn retry_handler(req: &Request<Incoming>, peer: SocketAddr, shared: &Share
 
 async fn echo(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Body> {
     let uri = request_uri(req);
-    print_line(&format!(
-        "Echoing back request made to {uri} to client ({peer})"
-    ));
+    print_line(&format!("Echoing back request made to {uri} to client ({peer})"));
 
-    if let Some(delay) =
-        query_value(req.uri().query().unwrap_or(""), "delay").filter(|d| !d.is_empty())
-    {
+    if let Some(delay) = query_value(req.uri().query().unwrap_or(""), "delay").filter(|d| !d.is_empty()) {
         match parse_go_duration(&delay) {
             Ok(nanos) => sleep_nanos(nanos).await,
             Err(msg) => return process_error(&msg),
@@ -374,10 +356,7 @@ async fn echo(req: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Res
     }
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     resp
 }
 
@@ -723,10 +702,8 @@ fn empty(status: StatusCode) -> Response<Body> {
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -745,10 +722,8 @@ fn moved_permanently(method: &Method, location: &str) -> Response<Body> {
             StatusCode::MOVED_PERMANENTLY,
             &format!("<a href=\"{escaped}\">Moved Permanently</a>.\n\n"),
         );
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         resp
     } else {
         empty(StatusCode::MOVED_PERMANENTLY)
@@ -764,10 +739,7 @@ fn process_error(message: &str) -> Response<Body> {
     *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     resp
 }
 
@@ -790,19 +762,13 @@ mod tests {
         assert_eq!(parse_go_duration("3\u{b5}s"), Ok(3_000));
         assert_eq!(parse_go_duration("3\u{3bc}s"), Ok(3_000));
         assert_eq!(parse_go_duration("7ns"), Ok(7));
-        assert_eq!(
-            parse_go_duration("2562047h"),
-            Ok(2_562_047 * 3_600_000_000_000)
-        );
+        assert_eq!(parse_go_duration("2562047h"), Ok(2_562_047 * 3_600_000_000_000));
         assert_eq!(parse_go_duration("-9223372036854775808ns"), Ok(i64::MIN));
     }
 
     #[test]
     fn bad_durations_are_rejected_with_go_messages() {
-        assert_eq!(
-            parse_go_duration(""),
-            Err("time: invalid duration \"\"".to_owned())
-        );
+        assert_eq!(parse_go_duration(""), Err("time: invalid duration \"\"".to_owned()));
         assert_eq!(
             parse_go_duration("1"),
             Err("time: missing unit in duration \"1\"".to_owned())
@@ -835,11 +801,7 @@ mod tests {
             vec![(String::new(), String::new())]
         );
         // Repeats append with a comma; spaces around pairs are trimmed; several lines merge.
-        let parsed = parse_echo_set_headers(&[
-            " A:1 , A: 2".to_owned(),
-            "B:x:y,A:3".to_owned(),
-            "C".to_owned(),
-        ]);
+        let parsed = parse_echo_set_headers(&[" A:1 , A: 2".to_owned(), "B:x:y,A:3".to_owned(), "C".to_owned()]);
         assert_eq!(
             parsed,
             vec![
@@ -888,10 +850,7 @@ mod tests {
     #[test]
     fn query_values() {
         assert_eq!(query_value("delay=1s", "delay").as_deref(), Some("1s"));
-        assert_eq!(
-            query_value("a=1&delay=2s&delay=3s", "delay").as_deref(),
-            Some("2s")
-        );
+        assert_eq!(query_value("a=1&delay=2s&delay=3s", "delay").as_deref(), Some("2s"));
         assert_eq!(query_value("a=%31+2", "a").as_deref(), Some("1 2"));
         assert_eq!(query_value("a=%zz&a=ok", "a").as_deref(), Some("ok"));
         assert_eq!(query_value("a=1;b=2&a=3", "a").as_deref(), Some("3"));
@@ -918,10 +877,7 @@ mod tests {
             mux_route("/a/./b/../c", Some("q")),
             MuxRoute::Redirect("/a/c?q".to_owned())
         );
-        assert_eq!(
-            mux_route("/a///b", None),
-            MuxRoute::Redirect("/a/b".to_owned())
-        );
+        assert_eq!(mux_route("/a///b", None), MuxRoute::Redirect("/a/b".to_owned()));
     }
 
     #[test]
@@ -936,26 +892,11 @@ mod tests {
 
     #[test]
     fn status_paths() {
-        assert_eq!(
-            status_handler("/status/404").status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            status_handler("/status/503").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            status_handler("/status/404?x=1").status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            status_handler("/status/44").status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            status_handler("/status/abc").status(),
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(status_handler("/status/404").status(), StatusCode::NOT_FOUND);
+        assert_eq!(status_handler("/status/503").status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status_handler("/status/404?x=1").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(status_handler("/status/44").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(status_handler("/status/abc").status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -979,17 +920,9 @@ mod tests {
         })
         .expect("serializes");
         let text = String::from_utf8(body).expect("utf8");
-        assert!(
-            text.starts_with("{\n \"path\": \"/p?q=1\",\n \"host\""),
-            "{text}"
-        );
+        assert!(text.starts_with("{\n \"path\": \"/p?q=1\",\n \"host\""), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
         // serde_json's Map is sorted; just check the set of fields.
         let mut expected = vec![
             "headers",

@@ -3,8 +3,6 @@
 //! Hot-path counters are plain atomics created up front (no family lookups, so no locks per
 //! request); labelled families are used only for rare events (errors, filter failures).
 
-
-
 use std::sync::atomic::AtomicI64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,15 +40,23 @@ pub struct Metrics {
     bind_errors: Counter,
 }
 
-
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tidegate");
         let requests = Family::<ClassLabel, Counter>::default();
-        let requests_by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| requests.get_or_create(&ClassLabel { class }).clone());
-        registry.register("http_requests", "Downstream HTTP requests answered, by status class", requests);
+        let requests_by_class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| requests.get_or_create(&ClassLabel { class }).clone());
+        registry.register(
+            "http_requests",
+            "Downstream HTTP requests answered, by status class",
+            requests,
+        );
         let connections = Counter::default();
-        registry.register("downstream_connections", "Downstream connections accepted", connections.clone());
+        registry.register(
+            "downstream_connections",
+            "Downstream connections accepted",
+            connections.clone(),
+        );
         let filter_failures = Family::<FilterLabel, Counter>::default();
         registry.register(
             "filter_failures",
@@ -58,17 +64,41 @@ impl Metrics {
             filter_failures.clone(),
         );
         let config_errors = Family::<KindLabel, Counter>::default();
-        registry.register("config_errors", "Configuration problems found (parse, invalid, duplicate), counted per load", config_errors.clone());
+        registry.register(
+            "config_errors",
+            "Configuration problems found (parse, invalid, duplicate), counted per load",
+            config_errors.clone(),
+        );
         let config_errors_current = Gauge::default();
-        registry.register("config_errors_current", "Configuration problems in the current configuration", config_errors_current.clone());
+        registry.register(
+            "config_errors_current",
+            "Configuration problems in the current configuration",
+            config_errors_current.clone(),
+        );
         let config_reloads = Counter::default();
-        registry.register("config_reloads", "Configuration versions published", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration versions published",
+            config_reloads.clone(),
+        );
         let config_rejected = Counter::default();
-        registry.register("config_rejected", "Configuration versions a filter rejected on a worker (the previous one kept serving)", config_rejected.clone());
+        registry.register(
+            "config_rejected",
+            "Configuration versions a filter rejected on a worker (the previous one kept serving)",
+            config_rejected.clone(),
+        );
         let snapshot_version = Gauge::<i64, AtomicI64>::default();
-        registry.register("config_version", "Version of the published configuration", snapshot_version.clone());
+        registry.register(
+            "config_version",
+            "Version of the published configuration",
+            snapshot_version.clone(),
+        );
         let bind_errors = Counter::default();
-        registry.register("listener_bind_errors", "Listener ports that could not be bound", bind_errors.clone());
+        registry.register(
+            "listener_bind_errors",
+            "Listener ports that could not be bound",
+            bind_errors.clone(),
+        );
         Self {
             registry,
             requests_by_class,
@@ -93,7 +123,11 @@ impl Metrics {
     }
 
     pub fn filter_failure(&self, filter: &str) {
-        self.filter_failures.get_or_create(&FilterLabel { filter: filter.to_string() }).inc();
+        self.filter_failures
+            .get_or_create(&FilterLabel {
+                filter: filter.to_string(),
+            })
+            .inc();
     }
 
     pub fn config_loaded(&self, version: u64, errors: &[crate::config::ConfigError]) {
@@ -101,7 +135,11 @@ impl Metrics {
         self.snapshot_version.set(version as i64);
         self.config_errors_current.set(errors.len() as i64);
         for error in errors {
-            self.config_errors.get_or_create(&KindLabel { kind: error.kind().to_string() }).inc();
+            self.config_errors
+                .get_or_create(&KindLabel {
+                    kind: error.kind().to_string(),
+                })
+                .inc();
         }
     }
 
@@ -128,4 +166,3 @@ impl Default for Metrics {
         Self::new()
     }
 }
-

@@ -74,7 +74,10 @@ impl PartialEq for ListenerCertificate {
 
 impl fmt::Debug for ListenerCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerCertificate").field("listener", &self.listener).field("hostname", &self.hostname).finish()
+        f.debug_struct("ListenerCertificate")
+            .field("listener", &self.listener)
+            .field("hostname", &self.hostname)
+            .finish()
     }
 }
 

@@ -73,7 +73,13 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
 
     let (balancer, cluster_plans) = clusters.resolve(store);
     Translation {
-        snapshot: Snapshot { version: 0, ports, router, balancer, clusters: cluster_plans },
+        snapshot: Snapshot {
+            version: 0,
+            ports,
+            router,
+            balancer,
+            clusters: cluster_plans,
+        },
         statuses,
     }
 }
@@ -89,7 +95,8 @@ impl ClusterRegistry {
     /// Registers a Service port and returns the cluster name the router will write.
     pub(crate) fn cluster_for(&mut self, namespace: &str, service: &str, port: u16) -> String {
         let name = format!("{namespace}/{service}:{port}");
-        self.wanted.insert(name.clone(), (namespace.to_string(), service.to_string(), port));
+        self.wanted
+            .insert(name.clone(), (namespace.to_string(), service.to_string(), port));
         name
     }
 
@@ -97,11 +104,16 @@ impl ClusterRegistry {
         let mut balancer = BalancerConfig::default();
         let mut plans = BTreeMap::new();
         for (name, (namespace, service_name, port)) in self.wanted {
-            let Some(Object::Service(service)) = store.get("Service", &namespace, &service_name) else { continue };
+            let Some(Object::Service(service)) = store.get("Service", &namespace, &service_name) else {
+                continue;
+            };
             let plan = cluster_plan(store, service, &namespace, port);
             balancer.clusters.insert(
                 name.clone(),
-                Cluster { endpoints: plan.endpoints.iter().map(|e| e.to_string()).collect(), ..Default::default() },
+                Cluster {
+                    endpoints: plan.endpoints.iter().map(|e| e.to_string()).collect(),
+                    ..Default::default()
+                },
             );
             plans.insert(name, plan);
         }
@@ -127,7 +139,11 @@ fn cluster_plan(store: &ObjectStore, service: &Service, namespace: &str, port: u
         {
             continue;
         }
-        let Some(target) = slice.ports.iter().find(|p| p.name.clone().unwrap_or_default() == port_name).and_then(|p| p.port)
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| p.name.clone().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
         else {
             continue;
         };

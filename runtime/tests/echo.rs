@@ -34,8 +34,8 @@ async fn start_echo() -> Echo {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut proc = Proc::spawn("tidegate echo", &support::util::tidegate_bin(), &args, None)
-        .expect("spawn tidegate echo");
+    let mut proc =
+        Proc::spawn("tidegate echo", &support::util::tidegate_bin(), &args, None).expect("spawn tidegate echo");
     let http = announced(&mut proc, "http").await;
     let h2c = announced(&mut proc, "h2c").await;
     Echo { proc, http, h2c }
@@ -92,18 +92,10 @@ async fn echoes_the_request_as_echo_basic_does() {
     assert_eq!(body["ingress"], "");
     assert_eq!(body["httpPort"], echo.http.port().to_string());
     assert!(body.get("tls").is_none());
+    assert_eq!(body["headers"]["X-Custom-Header"], serde_json::json!(["v1"]));
+    assert!(body["headers"].get("Host").is_none(), "Host is not echoed in headers");
     assert_eq!(
-        body["headers"]["X-Custom-Header"],
-        serde_json::json!(["v1"])
-    );
-    assert!(
-        body["headers"].get("Host").is_none(),
-        "Host is not echoed in headers"
-    );
-    assert_eq!(
-        resp.headers
-            .get("x-content-type-options")
-            .map(|v| v.as_bytes()),
+        resp.headers.get("x-content-type-options").map(|v| v.as_bytes()),
         Some(b"nosniff".as_slice())
     );
 
@@ -111,9 +103,7 @@ async fn echoes_the_request_as_echo_basic_does() {
     let line = echo
         .proc
         .stdout
-        .find(|l| {
-            l.starts_with("Echoing back request made to /some/path?x=1&y=two to client (127.0.0.1:")
-        })
+        .find(|l| l.starts_with("Echoing back request made to /some/path?x=1&y=two to client (127.0.0.1:"))
         .expect("log line for the request");
     assert!(line.ends_with(')'), "{line}");
 
@@ -132,29 +122,20 @@ async fn delay_status_and_set_header() {
     let start = Instant::now();
     let resp = send(&request(echo.http, "/delayed?delay=300ms")).await;
     assert_eq!(resp.status, 200);
-    assert!(
-        start.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
     assert_eq!(json(&resp)["path"], "/delayed?delay=300ms");
 
     let resp = send(&request(echo.http, "/?delay=soon")).await;
     assert_eq!(resp.status, 500);
     let body: Value = serde_json::from_slice(&resp.body).expect("error JSON");
     assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("invalid duration")),
+        body["message"].as_str().is_some_and(|m| m.contains("invalid duration")),
         "{body}"
     );
 
     assert_eq!(send(&request(echo.http, "/status/503")).await.status, 503);
     assert_eq!(send(&request(echo.http, "/status/204")).await.status, 204);
-    assert_eq!(
-        send(&request(echo.http, "/status/404?x=1")).await.status,
-        400
-    );
+    assert_eq!(send(&request(echo.http, "/status/404?x=1")).await.status, 400);
     assert_eq!(send(&request(echo.http, "/health")).await.status, 200);
     let redirect = send(&request(echo.http, "/status")).await;
     assert_eq!(redirect.status, 301);
@@ -180,14 +161,10 @@ async fn delay_status_and_set_header() {
     );
     // An empty X-Echo-Set-Header (upstream always sends one) sets nothing.
     let mut req = request(echo.http, "/");
-    req.headers
-        .push(("X-Echo-Set-Header".into(), String::new()));
+    req.headers.push(("X-Echo-Set-Header".into(), String::new()));
     let resp = send(&req).await;
     assert_eq!(resp.status, 200);
-    assert_eq!(
-        json(&resp)["headers"]["X-Echo-Set-Header"],
-        serde_json::json!([""])
-    );
+    assert_eq!(json(&resp)["headers"]["X-Echo-Set-Header"], serde_json::json!([""]));
 }
 
 #[tokio::test]
@@ -210,23 +187,13 @@ async fn retry_simulation() {
         .await
         .expect_err("connection reset");
     assert!(
-        err.to_lowercase().contains("reset")
-            || err.contains("closed")
-            || err.contains("incomplete"),
+        err.to_lowercase().contains("reset") || err.contains("closed") || err.contains("incomplete"),
         "{err}"
     );
     assert_eq!(send(&request(echo.http, reset)).await.status, 200);
 
-    assert_eq!(
-        send(&request(echo.http, "/retry/x?succeedAfter=1"))
-            .await
-            .status,
-        400
-    );
-    assert_eq!(
-        send(&request(echo.http, "/retry/x?uuid=u-4")).await.status,
-        400
-    );
+    assert_eq!(send(&request(echo.http, "/retry/x?succeedAfter=1")).await.status, 400);
+    assert_eq!(send(&request(echo.http, "/retry/x?uuid=u-4")).await.status, 400);
 
     // delayRetry delays the failing attempt.
     let start = Instant::now();

@@ -31,7 +31,11 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .expect("start tidegate");
-        Self { child, name: name.to_string(), log }
+        Self {
+            child,
+            name: name.to_string(),
+            log,
+        }
     }
 
     fn log(&self) -> String {
@@ -50,7 +54,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// GET over plain HTTP/1.1 with std only (used for the admin server).
@@ -62,7 +70,10 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -94,8 +105,15 @@ fn curl(args: &[&str]) -> Curl {
 
 /// Status of every transfer of one curl run (several URLs reuse one connection).
 fn curl_statuses(args: &[&str]) -> Vec<u16> {
-    let output = Command::new("curl").args(["-sS", "--max-time", "10", "-w", "%{http_code}\n"]).args(args).output().expect("run curl");
-    String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim().parse().unwrap_or(0)).collect()
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "%{http_code}\n"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -129,12 +147,32 @@ impl Env {
             let (http, h2c) = (free_port(), free_port());
             let listen = format!("127.0.0.1:{http}");
             let h2c_listen = format!("127.0.0.1:{h2c}");
-            echoes.push(Proc::start(pod, &["echo", "--listen", &listen, "--h2c-listen", &h2c_listen, "--namespace", "ns", "--pod", pod], &logs));
+            echoes.push(Proc::start(
+                pod,
+                &[
+                    "echo",
+                    "--listen",
+                    &listen,
+                    "--h2c-listen",
+                    &h2c_listen,
+                    "--namespace",
+                    "ns",
+                    "--pod",
+                    pod,
+                ],
+                &logs,
+            ));
             ports.push(Backend { pod, http, h2c });
         }
         // Port 80 of the Gateway is bound at 80 + offset.
         let offset = free_port() - 80;
-        let env = Env { dir, admin: format!("127.0.0.1:{}", free_port()), offset, _echoes: echoes, tidegate: None };
+        let env = Env {
+            dir,
+            admin: format!("127.0.0.1:{}", free_port()),
+            offset,
+            _echoes: echoes,
+            tidegate: None,
+        };
         (env, ports)
     }
 
@@ -175,7 +213,10 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tidegate did not become ready:\n{}", self.tidegate.as_ref().map(|p| p.log()).unwrap_or_default());
+        panic!(
+            "tidegate did not become ready:\n{}",
+            self.tidegate.as_ref().map(|p| p.log()).unwrap_or_default()
+        );
     }
 
     fn url(&self, gateway_port: u16, path: &str) -> String {
@@ -249,7 +290,9 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     // A subject of its own, or the leaf (rcgen's default subject too) would look self-signed.
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tidegate test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tidegate test CA");
     let ca = ca_params.clone().self_signed(&ca_key).expect("ca cert");
     let issuer = rcgen::Issuer::new(ca_params, &ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
@@ -273,7 +316,10 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
         ),
     );
     env.write("web.yaml", &service("web", None, &[&backends[0]], false));
-    env.write("grpcish.yaml", &service("web-h2c", Some("kubernetes.io/h2c"), &[&backends[0]], true));
+    env.write(
+        "grpcish.yaml",
+        &service("web-h2c", Some("kubernetes.io/h2c"), &[&backends[0]], true),
+    );
     env.write(
         "routes.yaml",
         &format!("{}---\n{}", route("web", "/", "web"), route("h2c", "/h2c", "web-h2c")),
@@ -294,7 +340,11 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
 
     let upstream_h2c = curl(&[&env.url(80, "/h2c/x")]);
     assert_eq!(upstream_h2c.status, 200, "{}", upstream_h2c.body);
-    assert_eq!(json(&upstream_h2c.body)["proto"], "HTTP/2.0", "appProtocol kubernetes.io/h2c speaks HTTP/2 upstream");
+    assert_eq!(
+        json(&upstream_h2c.body)["proto"],
+        "HTTP/2.0",
+        "appProtocol kubernetes.io/h2c speaks HTTP/2 upstream"
+    );
 
     let port = 443 + env.offset;
     let resolve = format!("app.test:{port}:127.0.0.1");
@@ -302,7 +352,13 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
     let ca = ca_file.to_str().expect("utf-8 path");
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let tls = curl(&["--cacert", ca, "--resolve", &resolve, flag, &url]);
-        assert_eq!((tls.status, tls.http_version.as_str()), (200, version), "{}{}", tls.headers, tls.body);
+        assert_eq!(
+            (tls.status, tls.http_version.as_str()),
+            (200, version),
+            "{}{}",
+            tls.headers,
+            tls.body
+        );
         assert_eq!(json(&tls.body)["path"], "/secure");
     }
 }
@@ -327,8 +383,23 @@ fn edits_apply_live_without_failing_requests_and_bad_input_keeps_last_good() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // Three requests on one keep-alive connection, then one over h2c. (curl 7.88
                 // cannot reuse a prior-knowledge h2c connection for a second URL.)
-                let keep_alive = ["-o", "/dev/null", &url, "-o", "/dev/null", &url, "-o", "/dev/null", &url];
-                let statuses = curl_statuses(&keep_alive).into_iter().chain(curl_statuses(&["--http2-prior-knowledge", "-o", "/dev/null", &url]));
+                let keep_alive = [
+                    "-o",
+                    "/dev/null",
+                    &url,
+                    "-o",
+                    "/dev/null",
+                    &url,
+                    "-o",
+                    "/dev/null",
+                    &url,
+                ];
+                let statuses = curl_statuses(&keep_alive).into_iter().chain(curl_statuses(&[
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    &url,
+                ]));
                 for status in statuses {
                     if status == 200 { ok += 1 } else { failed.push(status) }
                 }
@@ -338,7 +409,10 @@ fn edits_apply_live_without_failing_requests_and_bad_input_keeps_last_good() {
     };
 
     // An edit takes effect within a second.
-    env.write("routes.yaml", &format!("{}---\n{}", route("web", "/", "web"), route("api", "/api", "api")));
+    env.write(
+        "routes.yaml",
+        &format!("{}---\n{}", route("web", "/", "web"), route("api", "/api", "api")),
+    );
     let took = env.eventually(Duration::from_secs(3), "the /api route", || {
         curl(&[&env.url(80, "/api/x")]).body.contains("\"api-0\"")
     });
@@ -349,26 +423,65 @@ fn edits_apply_live_without_failing_requests_and_bad_input_keeps_last_good() {
     env.eventually(Duration::from_secs(3), "the parse error in /status", || {
         env.status()["errors"].as_array().is_some_and(|e| !e.is_empty())
     });
-    let message = env.status()["errors"][0]["message"].as_str().unwrap_or_default().to_string();
-    assert!(message.contains("broken.yaml") && message.contains("document 1") && message.contains("line"), "{message}");
-    assert_eq!(json(&curl(&[&env.url(80, "/api/x")]).body)["pod"], "api-0", "good config keeps serving");
+    let message = env.status()["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("broken.yaml") && message.contains("document 1") && message.contains("line"),
+        "{message}"
+    );
+    assert_eq!(
+        json(&curl(&[&env.url(80, "/api/x")]).body)["pod"],
+        "api-0",
+        "good config keeps serving"
+    );
 
     // An invalid edit of a served object keeps its last good version.
-    env.write("routes.yaml", &format!("{}---\n{}", route("web", "/", "web"), route("api", "/api", "api").replace("port: 8080", "port: eighty")));
+    env.write(
+        "routes.yaml",
+        &format!(
+            "{}---\n{}",
+            route("web", "/", "web"),
+            route("api", "/api", "api").replace("port: 8080", "port: eighty")
+        ),
+    );
     env.eventually(Duration::from_secs(3), "the invalid-object error", || {
-        env.status()["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["message"].as_str().unwrap_or("").contains("spec.rules[0].backendRefs[0].port")))
+        env.status()["errors"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("spec.rules[0].backendRefs[0].port")
+            })
+        })
     });
-    assert_eq!(json(&curl(&[&env.url(80, "/api/x")]).body)["pod"], "api-0", "last good route keeps serving");
+    assert_eq!(
+        json(&curl(&[&env.url(80, "/api/x")]).body)["pod"],
+        "api-0",
+        "last good route keeps serving"
+    );
     let metrics = http_get(&env.admin, "/metrics").expect("metrics").1;
-    assert!(metrics.contains("tidegate_config_errors_total{kind=\"parse\"}"), "{metrics}");
-    assert!(metrics.contains("tidegate_config_errors_total{kind=\"invalid\"}"), "{metrics}");
+    assert!(
+        metrics.contains("tidegate_config_errors_total{kind=\"parse\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidegate_config_errors_total{kind=\"invalid\"}"),
+        "{metrics}"
+    );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
     assert!(ok > 0, "the load loop made requests");
-    assert!(failed.is_empty(), "requests failed during reloads: {failed:?} ({ok} ok)");
+    assert!(
+        failed.is_empty(),
+        "requests failed during reloads: {failed:?} ({ok} ok)"
+    );
 
     // No route matches: the router answers 404.
     env.write("routes.yaml", &route("api", "/api", "api"));
-    env.eventually(Duration::from_secs(3), "the 404 for unrouted paths", || curl(&[&env.url(80, "/nothing")]).status == 404);
+    env.eventually(Duration::from_secs(3), "the 404 for unrouted paths", || {
+        curl(&[&env.url(80, "/nothing")]).status == 404
+    });
 }

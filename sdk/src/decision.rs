@@ -20,9 +20,9 @@ fn get_string(path: [&str; 2]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Call only from an HTTP callback: proxy-wasm 0.2.5 panics on any status but OK, and hosts
+/// accept properties only while a request is current.
 fn set_string(path: [&str; 2], value: &str) {
-    // A host that does not know the property answers NotFound; the decision is then simply not
-    // recorded, which is what a filter running outside tidegate expects.
     let _ = hostcalls::set_property(path.to_vec(), Some(value.as_bytes()));
 }
 

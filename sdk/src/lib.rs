@@ -17,6 +17,4 @@ pub use proxy_wasm;
 
 pub mod decision;
 
-pub use self::decision::{
-    cluster, endpoint, listener_port, route, set_cluster, set_endpoint, set_route,
-};
+pub use self::decision::{cluster, endpoint, listener_port, route, set_cluster, set_endpoint, set_route};

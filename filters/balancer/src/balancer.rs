@@ -69,15 +69,8 @@ impl Balancer {
             cluster: cluster.to_string(),
         };
         let state = self.clusters.get_mut(cluster).ok_or_else(no_endpoint)?;
-        let index = state
-            .picker
-            .pick(&state.endpoints)
-            .ok_or_else(no_endpoint)?;
-        state
-            .endpoints
-            .get(index)
-            .map(String::as_str)
-            .ok_or_else(no_endpoint)
+        let index = state.picker.pick(&state.endpoints).ok_or_else(no_endpoint)?;
+        state.endpoints.get(index).map(String::as_str).ok_or_else(no_endpoint)
     }
 }
 
@@ -116,10 +109,7 @@ mod tests {
     fn unknown_or_empty_cluster_is_an_error_naming_it() {
         let mut b = balancer();
         let err = b.pick("ns/empty:80").expect_err("no endpoints");
-        assert_eq!(
-            err.to_string(),
-            "no healthy endpoints for cluster ns/empty:80"
-        );
+        assert_eq!(err.to_string(), "no healthy endpoints for cluster ns/empty:80");
         assert_eq!(b.pick("nope").expect_err("unknown").cluster, "nope");
     }
 
@@ -136,17 +126,11 @@ mod tests {
 
     #[test]
     fn seeds_spread_starting_points() {
-        let config: BalancerConfig = serde_json::from_value(
-            json!({"clusters": {"c": {"endpoints": ["a:1", "b:1", "c:1", "d:1"]}}}),
-        )
-        .expect("valid config");
+        let config: BalancerConfig =
+            serde_json::from_value(json!({"clusters": {"c": {"endpoints": ["a:1", "b:1", "c:1", "d:1"]}}}))
+                .expect("valid config");
         let firsts: std::collections::BTreeSet<String> = (0..4)
-            .map(|seed| {
-                Balancer::new(&config, seed)
-                    .pick("c")
-                    .expect("endpoints")
-                    .to_string()
-            })
+            .map(|seed| Balancer::new(&config, seed).pick("c").expect("endpoints").to_string())
             .collect();
         assert_eq!(firsts.len(), 4, "{firsts:?}");
     }

@@ -35,14 +35,10 @@ impl Context for BalancerRoot {}
 
 impl RootContext for BalancerRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let json = hostcalls::get_buffer(
-            BufferType::PluginConfiguration,
-            0,
-            plugin_configuration_size,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let json = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let seed = hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -84,10 +80,7 @@ impl HttpContext for BalancerHttp {
         // A VM is single-threaded and no hostcall re-enters the filter, so the borrow cannot be
         // held elsewhere; failing soft (503) rather than panicking keeps that assumption cheap.
         let picked = match self.balancer.try_borrow_mut() {
-            Ok(mut balancer) => balancer
-                .pick(&cluster)
-                .map(str::to_string)
-                .map_err(|e| e.to_string()),
+            Ok(mut balancer) => balancer.pick(&cluster).map(str::to_string).map_err(|e| e.to_string()),
             Err(_) => Err(format!("no healthy endpoints for cluster {cluster}")),
         };
         match picked {
@@ -97,11 +90,7 @@ impl HttpContext for BalancerHttp {
             }
             Err(reason) => {
                 let body = format!("{reason}\n");
-                self.send_http_response(
-                    503,
-                    vec![("content-type", "text/plain")],
-                    Some(body.as_bytes()),
-                );
+                self.send_http_response(503, vec![("content-type", "text/plain")], Some(body.as_bytes()));
                 Action::Pause
             }
         }

@@ -1,9 +1,7 @@
 //! What route filters do to a request: header edits, path modifiers and redirect `Location`s.
 //! Pure functions; the shell turns [`HeaderOp`]s into hostcalls.
 
-use crate::config::{
-    HttpHeaderFilter, HttpPathModifier, HttpRequestRedirectFilter, PathModifierType,
-};
+use crate::config::{HttpHeaderFilter, HttpPathModifier, HttpRequestRedirectFilter, PathModifierType};
 use crate::request::split_query;
 
 /// One edit of a header map, in the terms of the proxy-wasm ABI.
@@ -76,12 +74,7 @@ pub fn apply_ops(headers: &mut Vec<(String, Vec<u8>)>, ops: &[HeaderOp]) {
 pub fn modify_path(path: &[u8], modifier: &HttpPathModifier, prefix: Option<&[u8]>) -> Vec<u8> {
     let (path_only, query) = split_query(path);
     let mut out = match modifier.kind {
-        PathModifierType::ReplaceFullPath => modifier
-            .replace_full_path
-            .as_deref()
-            .unwrap_or("/")
-            .as_bytes()
-            .to_vec(),
+        PathModifierType::ReplaceFullPath => modifier.replace_full_path.as_deref().unwrap_or("/").as_bytes().to_vec(),
         PathModifierType::ReplacePrefixMatch => {
             let replacement = modifier.replace_prefix_match.as_deref().unwrap_or("/");
             match prefix {
@@ -243,11 +236,7 @@ mod tests {
     #[test]
     fn replace_full_path_keeps_query() {
         assert_eq!(
-            modify_path(
-                b"/full/path/original",
-                &full_mod("/full-path-replacement"),
-                None
-            ),
+            modify_path(b"/full/path/original", &full_mod("/full-path-replacement"), None),
             b"/full-path-replacement"
         );
         assert_eq!(modify_path(b"/x?q=1", &full_mod("/y"), None), b"/y?q=1");
@@ -353,36 +342,21 @@ mod tests {
             path: Some(prefix_mod("/replacement-prefix")),
             ..Default::default()
         };
-        let (status, location) = redirect(
-            &filter,
-            &src("/path-and-status/x?y=1", Some("/path-and-status")),
-        );
+        let (status, location) = redirect(&filter, &src("/path-and-status/x?y=1", Some("/path-and-status")));
         assert_eq!(status, 301);
         assert_eq!(location, "http://example.org/replacement-prefix/x?y=1");
-        let (status, location) = redirect(
-            &HttpRequestRedirectFilter::default(),
-            &src("/see-other", None),
-        );
-        assert_eq!(
-            (status, location.as_str()),
-            (302, "http://127.0.0.1/see-other")
-        );
+        let (status, location) = redirect(&HttpRequestRedirectFilter::default(), &src("/see-other", None));
+        assert_eq!((status, location.as_str()), (302, "http://127.0.0.1/see-other"));
     }
 
     #[test]
     fn redirect_location_is_always_a_valid_header_value() {
-        let (_, location) = redirect(
-            &HttpRequestRedirectFilter::default(),
-            &src("/caf\u{e9} x\r\n", None),
-        );
+        let (_, location) = redirect(&HttpRequestRedirectFilter::default(), &src("/caf\u{e9} x\r\n", None));
         assert_eq!(location, "http://127.0.0.1/caf%C3%A9%20x%0D%0A");
         let no_host = RedirectSource {
             host: "",
             ..src("/p", None)
         };
-        assert_eq!(
-            redirect(&HttpRequestRedirectFilter::default(), &no_host).1,
-            "/p"
-        );
+        assert_eq!(redirect(&HttpRequestRedirectFilter::default(), &no_host).1, "/p");
     }
 }

@@ -71,18 +71,14 @@ impl Router {
             return Decision::Reply(reply);
         }
         let backends = &matched.rule.backends;
-        let Some(backend) =
-            pick_weighted(backends.iter().map(|b| b.weight), random).and_then(|i| backends.get(i))
+        let Some(backend) = pick_weighted(backends.iter().map(|b| b.weight), random).and_then(|i| backends.get(i))
         else {
             // No backendRefs, or only zero weights: the Gateway API asks for a 500.
             return Decision::Reply(reply(500, "the matched route has no backend to send to"));
         };
         let Some(cluster) = &backend.cluster else {
             // The share of traffic of a backendRef that does not resolve gets a 500.
-            return Decision::Reply(reply(
-                500,
-                "the chosen backend of the matched route does not resolve",
-            ));
+            return Decision::Reply(reply(500, "the chosen backend of the matched route does not resolve"));
         };
         if let Some(reply) = state.apply(&backend.filters, req, &matched) {
             return Decision::Reply(reply);
@@ -123,23 +119,14 @@ impl Rewritten {
     }
 
     /// Applies filters in order; a redirect ends the request with a local reply.
-    fn apply(
-        &mut self,
-        filters: &[Filter],
-        req: &Request,
-        matched: &Matched<'_>,
-    ) -> Option<LocalReply> {
+    fn apply(&mut self, filters: &[Filter], req: &Request, matched: &Matched<'_>) -> Option<LocalReply> {
         let prefix = matched.matcher.path.replaceable_prefix();
         for filter in filters {
             match filter {
                 Filter::RequestHeaders(ops) => self.request_ops.extend(ops.iter().cloned()),
                 Filter::ResponseHeaders(ops) => self.response_ops.extend(ops.iter().cloned()),
                 Filter::Redirect(redirect_filter) => {
-                    let default_scheme = if matched.listener.is_https() {
-                        "https"
-                    } else {
-                        "http"
-                    };
+                    let default_scheme = if matched.listener.is_https() { "https" } else { "http" };
                     let host = normalize_host(&self.authority);
                     let src = RedirectSource {
                         scheme: req.scheme.as_deref().unwrap_or(default_scheme),
@@ -158,10 +145,8 @@ impl Rewritten {
                 Filter::Rewrite(rewrite) => {
                     if let Some(hostname) = &rewrite.hostname {
                         self.authority = hostname.clone();
-                        self.request_ops.push(HeaderOp::Set(
-                            ":authority".into(),
-                            hostname.as_bytes().to_vec(),
-                        ));
+                        self.request_ops
+                            .push(HeaderOp::Set(":authority".into(), hostname.as_bytes().to_vec()));
                         // A host that keeps HTTP/1's Host beside :authority must see both change.
                         if req.header("host").is_some() {
                             self.request_ops
@@ -170,8 +155,7 @@ impl Rewritten {
                     }
                     if let Some(modifier) = &rewrite.path {
                         self.path = modify_path(&self.path, modifier, prefix);
-                        self.request_ops
-                            .push(HeaderOp::Set(":path".into(), self.path.clone()));
+                        self.request_ops.push(HeaderOp::Set(":path".into(), self.path.clone()));
                     }
                 }
             }

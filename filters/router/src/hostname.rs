@@ -25,9 +25,7 @@ impl HostPattern {
         match name.strip_prefix('*') {
             // A bare `*` (not valid Gateway API) is kept as "any non-empty host" rather than
             // being dropped, which would silently widen a route to every host.
-            Some(suffix) if suffix.is_empty() || suffix.starts_with('.') => {
-                Some(Self::Wildcard(suffix.to_string()))
-            }
+            Some(suffix) if suffix.is_empty() || suffix.starts_with('.') => Some(Self::Wildcard(suffix.to_string())),
             _ => Some(Self::Exact(name.to_string())),
         }
     }
@@ -80,9 +78,7 @@ impl HostPattern {
         };
         match (self, listener) {
             (Self::Exact(route), Self::Exact(l)) => (route == l).then(|| self.clone()),
-            (Self::Exact(route), Self::Wildcard(_)) => {
-                listener.matches(route).then(|| self.clone())
-            }
+            (Self::Exact(route), Self::Wildcard(_)) => listener.matches(route).then(|| self.clone()),
             (Self::Wildcard(_), Self::Exact(l)) => self.matches(l).then(|| listener.clone()),
             (Self::Wildcard(route), Self::Wildcard(l)) => {
                 if route.ends_with(l.as_str()) {
@@ -130,14 +126,8 @@ pub enum RouteHosts {
 impl RouteHosts {
     /// Intersects a route's `spec.hostnames` with its listener's hostname. `None` when the route
     /// names hostnames and none of them overlaps the listener's: the route does not apply there.
-    pub fn for_listener(
-        route_hostnames: &[String],
-        listener: Option<&HostPattern>,
-    ) -> Option<Self> {
-        let patterns: Vec<HostPattern> = route_hostnames
-            .iter()
-            .filter_map(|h| HostPattern::parse(h))
-            .collect();
+    pub fn for_listener(route_hostnames: &[String], listener: Option<&HostPattern>) -> Option<Self> {
+        let patterns: Vec<HostPattern> = route_hostnames.iter().filter_map(|h| HostPattern::parse(h)).collect();
         if patterns.is_empty() {
             return Some(match listener {
                 Some(l) => Self::Only(vec![l.clone()]),
@@ -227,49 +217,21 @@ mod tests {
         // (route, listener, expected)
         let cases: &[(&str, Option<&str>, Option<&str>)] = &[
             ("foo.example.com", None, Some("foo.example.com")),
-            (
-                "foo.example.com",
-                Some("foo.example.com"),
-                Some("foo.example.com"),
-            ),
+            ("foo.example.com", Some("foo.example.com"), Some("foo.example.com")),
             ("foo.example.com", Some("bar.example.com"), None),
-            (
-                "foo.example.com",
-                Some("*.example.com"),
-                Some("foo.example.com"),
-            ),
+            ("foo.example.com", Some("*.example.com"), Some("foo.example.com")),
             ("example.com", Some("*.example.com"), None),
-            (
-                "*.example.com",
-                Some("foo.example.com"),
-                Some("foo.example.com"),
-            ),
+            ("*.example.com", Some("foo.example.com"), Some("foo.example.com")),
             ("*.example.com", Some("example.com"), None),
-            (
-                "*.example.com",
-                Some("*.example.com"),
-                Some("*.example.com"),
-            ),
-            (
-                "*.foo.example.com",
-                Some("*.example.com"),
-                Some("*.foo.example.com"),
-            ),
-            (
-                "*.example.com",
-                Some("*.foo.example.com"),
-                Some("*.foo.example.com"),
-            ),
+            ("*.example.com", Some("*.example.com"), Some("*.example.com")),
+            ("*.foo.example.com", Some("*.example.com"), Some("*.foo.example.com")),
+            ("*.example.com", Some("*.foo.example.com"), Some("*.foo.example.com")),
             ("*.example.com", Some("*.example.org"), None),
         ];
         for (route, listener, expected) in cases {
             let listener = listener.map(p);
             let got = p(route).intersect(listener.as_ref());
-            assert_eq!(
-                got,
-                expected.map(p),
-                "route {route} on listener {listener:?}"
-            );
+            assert_eq!(got, expected.map(p), "route {route} on listener {listener:?}");
         }
     }
 
@@ -281,12 +243,8 @@ mod tests {
             RouteHosts::for_listener(&[], Some(&l)),
             Some(RouteHosts::Only(vec![l.clone()]))
         );
-        assert_eq!(
-            RouteHosts::for_listener(&["other.org".into()], Some(&l)),
-            None
-        );
-        let hosts =
-            RouteHosts::for_listener(&["a.example.com".into(), "other.org".into()], Some(&l));
+        assert_eq!(RouteHosts::for_listener(&["other.org".into()], Some(&l)), None);
+        let hosts = RouteHosts::for_listener(&["a.example.com".into(), "other.org".into()], Some(&l));
         assert_eq!(hosts, Some(RouteHosts::Only(vec![p("a.example.com")])));
     }
 
@@ -308,12 +266,8 @@ mod tests {
             })
         );
         assert_eq!(hosts.specificity("example.com"), None);
-        assert!(
-            p("foo.example.com").route_specificity() > p("*.foo.example.com").route_specificity()
-        );
-        assert!(
-            p("*.foo.example.com").route_specificity() > p("*.example.com").route_specificity()
-        );
+        assert!(p("foo.example.com").route_specificity() > p("*.foo.example.com").route_specificity());
+        assert!(p("*.foo.example.com").route_specificity() > p("*.example.com").route_specificity());
         assert!(p("*.example.com").route_specificity() > HostSpecificity::default());
     }
 }

@@ -34,9 +34,7 @@ impl PathMatcher {
     fn compile(m: &HttpPathMatch, warnings: &mut Vec<String>) -> Self {
         match m.kind {
             PathMatchType::Exact => Self::Exact(m.value.as_bytes().to_vec()),
-            PathMatchType::PathPrefix => {
-                Self::Prefix(m.value.trim_end_matches('/').as_bytes().to_vec())
-            }
+            PathMatchType::PathPrefix => Self::Prefix(m.value.trim_end_matches('/').as_bytes().to_vec()),
             PathMatchType::RegularExpression => match full_match_regex(&m.value) {
                 Ok(re) => Self::Regex(re),
                 Err(e) => {
@@ -53,8 +51,7 @@ impl PathMatcher {
             Self::Exact(value) => path == value.as_slice(),
             Self::Prefix(prefix) => {
                 // `/foo` matches `/foo`, `/foo/` and `/foo/bar`, but not `/foobar`.
-                path.starts_with(prefix)
-                    && (path.len() == prefix.len() || path[prefix.len()] == b'/')
+                path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
             }
             Self::Regex(re) => re.is_match(path),
             Self::Never => false,
@@ -149,12 +146,7 @@ impl Matcher {
         for h in &m.headers {
             let name = h.name.to_ascii_lowercase();
             if !headers.iter().any(|(n, _)| *n == name) {
-                let matcher = ValueMatcher::compile(
-                    h.kind,
-                    &h.value,
-                    &format!("header match {:?}", h.name),
-                    warnings,
-                );
+                let matcher = ValueMatcher::compile(h.kind, &h.value, &format!("header match {:?}", h.name), warnings);
                 headers.push((name, matcher));
             }
         }
@@ -162,12 +154,8 @@ impl Matcher {
         for q in &m.query_params {
             let name = q.name.as_bytes().to_vec();
             if !query.iter().any(|(n, _)| *n == name) {
-                let matcher = ValueMatcher::compile(
-                    q.kind,
-                    &q.value,
-                    &format!("query param match {:?}", q.name),
-                    warnings,
-                );
+                let matcher =
+                    ValueMatcher::compile(q.kind, &q.value, &format!("query param match {:?}", q.name), warnings);
                 query.push((name, matcher));
             }
         }
@@ -239,11 +227,7 @@ mod tests {
             (":method".to_string(), method.as_bytes().to_vec()),
             (":path".to_string(), path.as_bytes().to_vec()),
         ];
-        pairs.extend(
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
-        );
+        pairs.extend(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
         Request::new(Some(80), None, pairs)
     }
 
@@ -283,11 +267,7 @@ mod tests {
         ];
         for (prefix, p, expected) in cases {
             let m = compile(&path(PathMatchType::PathPrefix, prefix));
-            assert_eq!(
-                m.matches(&req("GET", p, &[])),
-                *expected,
-                "prefix {prefix} vs {p}"
-            );
+            assert_eq!(m.matches(&req("GET", p, &[])), *expected, "prefix {prefix} vs {p}");
         }
     }
 
@@ -299,10 +279,7 @@ mod tests {
         assert!(!exact.matches(&req("GET", "/One", &[])));
         let re = compile(&path(PathMatchType::RegularExpression, "/v[0-9]+"));
         assert!(re.matches(&req("GET", "/v12?q", &[])));
-        assert!(
-            !re.matches(&req("GET", "/v12/x", &[])),
-            "regex is a full match"
-        );
+        assert!(!re.matches(&req("GET", "/v12/x", &[])), "regex is a full match");
         assert!(!re.matches(&req("GET", "/x/v12", &[])));
     }
 
@@ -328,10 +305,7 @@ mod tests {
     #[test]
     fn invalid_regex_never_matches_and_warns() {
         let mut warnings = Vec::new();
-        let m = Matcher::compile(
-            &path(PathMatchType::RegularExpression, "(unclosed"),
-            &mut warnings,
-        );
+        let m = Matcher::compile(&path(PathMatchType::RegularExpression, "(unclosed"), &mut warnings);
         assert_eq!(warnings.len(), 1);
         assert!(!m.matches(&req("GET", "/", &[])));
     }
@@ -361,11 +335,7 @@ mod tests {
         assert_eq!(m.rank().headers, 2);
         assert!(m.matches(&req("GET", "/", &[("VERSION", "two"), ("Color", "orange")])));
         assert!(!m.matches(&req("GET", "/", &[("version", "Two"), ("color", "orange")])));
-        assert!(!m.matches(&req(
-            "GET",
-            "/",
-            &[("version", "two"), ("color", "red-orange")]
-        )));
+        assert!(!m.matches(&req("GET", "/", &[("version", "two"), ("color", "red-orange")])));
         assert!(!m.matches(&req("GET", "/", &[("version", "two")])));
     }
 

@@ -59,10 +59,7 @@ mod tests {
         }
         assert_eq!(pick_weighted([0u32, 0].iter().copied(), 7), None);
         assert_eq!(pick_weighted(std::iter::empty::<u32>(), 7), None);
-        assert_eq!(
-            pick_weighted([u32::MAX, u32::MAX].iter().copied(), u64::MAX),
-            Some(1)
-        );
+        assert_eq!(pick_weighted([u32::MAX, u32::MAX].iter().copied(), u64::MAX), Some(1));
     }
 
     #[test]
@@ -73,8 +70,7 @@ mod tests {
         let mut counts = [0usize; 3];
         let n = 10_000;
         for _ in 0..n {
-            counts[pick_weighted(weights.iter().copied(), rng.next_u64())
-                .expect("positive total")] += 1;
+            counts[pick_weighted(weights.iter().copied(), rng.next_u64()).expect("positive total")] += 1;
         }
         let frac = |c: usize| c as f64 / n as f64;
         assert!((frac(counts[0]) - 0.7).abs() < 0.02, "{counts:?}");

@@ -31,11 +31,7 @@ pub struct Request {
 impl Request {
     /// Builds the view from the request header map (pseudo-headers included) and the
     /// properties the host sets. Missing pseudo-headers become empty values, never an error.
-    pub fn new(
-        listener_port: Option<u16>,
-        gateway: Option<String>,
-        pairs: Vec<(String, Vec<u8>)>,
-    ) -> Self {
+    pub fn new(listener_port: Option<u16>, gateway: Option<String>, pairs: Vec<(String, Vec<u8>)>) -> Self {
         let mut req = Request {
             listener_port,
             gateway,
@@ -46,9 +42,7 @@ impl Request {
         for (name, value) in pairs {
             match name.as_str() {
                 ":method" => req.method = value,
-                ":scheme" => {
-                    req.scheme = Some(String::from_utf8_lossy(&value).to_ascii_lowercase())
-                }
+                ":scheme" => req.scheme = Some(String::from_utf8_lossy(&value).to_ascii_lowercase()),
                 ":authority" => authority = Some(value),
                 ":path" => req.path = value,
                 _ if name.starts_with(':') => {}
@@ -62,10 +56,7 @@ impl Request {
             }
         }
         // HTTP/1 hosts may give `Host` only; `:authority` wins when both exist, as in HTTP/2.
-        let authority = authority
-            .filter(|a| !a.is_empty())
-            .or(host_header)
-            .unwrap_or_default();
+        let authority = authority.filter(|a| !a.is_empty()).or(host_header).unwrap_or_default();
         req.authority = String::from_utf8_lossy(&authority).into_owned();
         req.host = normalize_host(&req.authority);
         req
@@ -151,9 +142,7 @@ mod tests {
     use super::*;
 
     fn pairs(list: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect()
+        list.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
     }
 
     #[test]

@@ -41,14 +41,10 @@ impl Context for RouterRoot {}
 
 impl RootContext for RouterRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let json = hostcalls::get_buffer(
-            BufferType::PluginConfiguration,
-            0,
-            plugin_configuration_size,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let json = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match Router::from_json(&json) {
             Ok((router, warnings)) => {
                 for w in warnings {
@@ -113,11 +109,7 @@ impl HttpContext for RouterHttp {
         let req = Request::new(tidegate_sdk::listener_port(), gateway, headers);
         match self.router.decide(&req, self.random) {
             Decision::Reply(reply) => {
-                let headers: Vec<(&str, &str)> = reply
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .collect();
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
                 self.send_http_response(u32::from(reply.status), headers, body);
                 Action::Pause

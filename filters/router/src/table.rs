@@ -18,8 +18,7 @@ use std::cmp::Reverse;
 
 use crate::actions::{HeaderOp, header_ops};
 use crate::config::{
-    HttpRequestRedirectFilter, HttpRouteFilter, HttpUrlRewriteFilter, Listener, Route,
-    RouterConfig, filter_type,
+    HttpRequestRedirectFilter, HttpRouteFilter, HttpUrlRewriteFilter, Listener, Route, RouterConfig, filter_type,
 };
 use crate::hostname::{HostPattern, HostSpecificity, ListenerSpecificity, RouteHosts};
 use crate::matching::{MatchRank, Matcher};
@@ -114,10 +113,7 @@ impl RouteTable {
         let mut best: Option<(ListenerSpecificity, &CompiledListener)> = None;
         for listener in &self.listeners {
             if req.listener_port.is_some_and(|p| p != listener.port)
-                || req
-                    .gateway
-                    .as_deref()
-                    .is_some_and(|g| g != listener.gateway)
+                || req.gateway.as_deref().is_some_and(|g| g != listener.gateway)
             {
                 continue;
             }
@@ -208,9 +204,7 @@ impl CompiledListener {
             let Some(cached) = host_match.get_mut(entry.route) else {
                 continue;
             };
-            let Some(specificity) =
-                *cached.get_or_insert_with(|| route.hosts.specificity(&req.host))
-            else {
+            let Some(specificity) = *cached.get_or_insert_with(|| route.hosts.specificity(&req.host)) else {
                 continue;
             };
             // Entries are in precedence order, so an entry only displaces the current best with a

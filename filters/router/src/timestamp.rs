@@ -19,12 +19,7 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     let hour = digits(&b[11..13])?;
     let minute = digits(&b[14..16])?;
     let second = digits(&b[17..19])?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut rest = &b[19..];
@@ -51,10 +46,7 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
         _ => return None,
     };
     let days = days_from_civil(year, month, day);
-    Some((
-        days * 86_400 + hour * 3_600 + minute * 60 + second - offset_secs,
-        nanos,
-    ))
+    Some((days * 86_400 + hour * 3_600 + minute * 60 + second - offset_secs, nanos))
 }
 
 fn digits(b: &[u8]) -> Option<i64> {
@@ -81,14 +73,8 @@ mod tests {
     #[test]
     fn parses_kubernetes_and_offset_forms() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
-        assert_eq!(
-            parse_rfc3339("2024-03-01T12:00:00Z"),
-            Some((1_709_294_400, 0))
-        );
-        assert_eq!(
-            parse_rfc3339("2024-03-01T13:00:00+01:00"),
-            Some((1_709_294_400, 0))
-        );
+        assert_eq!(parse_rfc3339("2024-03-01T12:00:00Z"), Some((1_709_294_400, 0)));
+        assert_eq!(parse_rfc3339("2024-03-01T13:00:00+01:00"), Some((1_709_294_400, 0)));
         assert_eq!(
             parse_rfc3339("2024-03-01T12:00:00.5Z"),
             Some((1_709_294_400, 500_000_000))

@@ -55,8 +55,7 @@ const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 fn cases_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("TIDEGATE_CONFORMANCE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/conformance/gateway-api"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/gateway-api"),
     };
     dir.is_dir().then_some(dir)
 }
@@ -64,18 +63,14 @@ fn cases_dir() -> Option<PathBuf> {
 #[test]
 fn conformance_case_files() {
     let Some(dir) = cases_dir() else {
-        eprintln!(
-            "conformance case files not found (set TIDEGATE_CONFORMANCE_DIR); covered by the unit tables only"
-        );
+        eprintln!("conformance case files not found (set TIDEGATE_CONFORMANCE_DIR); covered by the unit tables only");
         return;
     };
     let mut checked = 0;
     for name in CASES {
         let path = dir.join(format!("{name}.json"));
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let case: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let case: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += run_case(name, &case);
     }
     eprintln!("{checked} conformance requests checked");
@@ -89,9 +84,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn of_kind<'a>(manifests: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    manifests
-        .iter()
-        .filter(move |m| str_of(m, "kind") == Some(kind))
+    manifests.iter().filter(move |m| str_of(m, "kind") == Some(kind))
 }
 
 fn translate(manifests: &[Value]) -> RouterConfig {
@@ -122,16 +115,12 @@ fn translate(manifests: &[Value]) -> RouterConfig {
             let mut routes = Vec::new();
             for route in of_kind(manifests, "HTTPRoute") {
                 let route_ns = route["metadata"]["namespace"].as_str().unwrap_or("default");
-                let attached = route["spec"]["parentRefs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| {
-                        let ns = str_of(p, "namespace").unwrap_or(route_ns);
-                        format!("{ns}/{}", str_of(p, "name").unwrap_or("")) == gw_id
-                            && str_of(p, "sectionName").is_none_or(|s| Some(s) == str_of(l, "name"))
-                            && p.get("port").is_none_or(|port| port == &l["port"])
-                    });
+                let attached = route["spec"]["parentRefs"].as_array().into_iter().flatten().any(|p| {
+                    let ns = str_of(p, "namespace").unwrap_or(route_ns);
+                    format!("{ns}/{}", str_of(p, "name").unwrap_or("")) == gw_id
+                        && str_of(p, "sectionName").is_none_or(|s| Some(s) == str_of(l, "name"))
+                        && p.get("port").is_none_or(|port| port == &l["port"])
+                });
                 if attached {
                     routes.push(translate_route(route, route_ns, &services));
                 }
@@ -184,9 +173,7 @@ fn translate_route(route: &Value, route_ns: &str, services: &BTreeMap<String, Ve
 // === requests and expectations ===
 
 fn request_pairs(req: &Value) -> Vec<(String, Vec<u8>)> {
-    let host = str_of(req, "host")
-        .filter(|h| !h.is_empty())
-        .unwrap_or(GATEWAY_ADDR);
+    let host = str_of(req, "host").filter(|h| !h.is_empty()).unwrap_or(GATEWAY_ADDR);
     let scheme = if str_of(req, "scheme") == Some("https") {
         "https"
     } else {
@@ -205,23 +192,14 @@ fn request_pairs(req: &Value) -> Vec<(String, Vec<u8>)> {
         ),
     ];
     for (name, value) in req["headers"].as_object().into_iter().flatten() {
-        pairs.push((
-            name.clone(),
-            value.as_str().unwrap_or("").as_bytes().to_vec(),
-        ));
+        pairs.push((name.clone(), value.as_str().unwrap_or("").as_bytes().to_vec()));
     }
     pairs
 }
 
 fn build(req: &Value) -> Request {
-    let port = req["listener_port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok());
-    Request::new(
-        port,
-        str_of(req, "gateway").map(String::from),
-        request_pairs(req),
-    )
+    let port = req["listener_port"].as_u64().and_then(|p| u16::try_from(p).ok());
+    Request::new(port, str_of(req, "gateway").map(String::from), request_pairs(req))
 }
 
 fn folded(headers: &[(String, Vec<u8>)], name: &str) -> Option<String> {
@@ -240,12 +218,7 @@ fn service(cluster: &str) -> (&str, &str) {
 }
 
 fn run_case(name: &str, case: &Value) -> usize {
-    let config = translate(
-        case["manifests"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default(),
-    );
+    let config = translate(case["manifests"].as_array().map(Vec::as_slice).unwrap_or_default());
     let (router, _warnings) = Router::new(&config);
     let requests = case["requests"].as_array().cloned().unwrap_or_default();
     let expects = case["expect"].as_array().cloned().unwrap_or_default();
@@ -283,9 +256,7 @@ fn check(router: &Router, req: &Value, expect: &Value, what: &str, random: u64) 
                 check_redirect(
                     req,
                     redirect,
-                    location
-                        .as_deref()
-                        .unwrap_or_else(|| panic!("{what}: no Location")),
+                    location.as_deref().unwrap_or_else(|| panic!("{what}: no Location")),
                     what,
                 );
             }
@@ -298,16 +269,9 @@ fn check(router: &Router, req: &Value, expect: &Value, what: &str, random: u64) 
             );
             let (ns, svc) = service(&fwd.cluster);
             if let Some(backend) = expect.get("backend").filter(|b| !b.is_null()) {
-                assert_eq!(
-                    Some(ns),
-                    str_of(backend, "namespace"),
-                    "{what}: backend namespace"
-                );
+                assert_eq!(Some(ns), str_of(backend, "namespace"), "{what}: backend namespace");
                 if let Some(expected) = str_of(backend, "name") {
-                    assert!(
-                        svc.starts_with(expected),
-                        "{what}: served by {svc}, want {expected}"
-                    );
+                    assert!(svc.starts_with(expected), "{what}: served by {svc}, want {expected}");
                 }
             }
             let mut at_backend = request_pairs(req);
@@ -325,11 +289,7 @@ fn check(router: &Router, req: &Value, expect: &Value, what: &str, random: u64) 
                     );
                 }
             }
-            for (header, value) in expect["request_headers_at_backend"]
-                .as_object()
-                .into_iter()
-                .flatten()
-            {
+            for (header, value) in expect["request_headers_at_backend"].as_object().into_iter().flatten() {
                 assert_eq!(
                     folded(&at_backend, header).as_deref(),
                     value.as_str(),
@@ -385,36 +345,27 @@ fn check_redirect(req: &Value, redirect: &Value, location: &str, what: &str) {
     let (scheme, rest) = location
         .split_once("://")
         .unwrap_or_else(|| panic!("{what}: relative Location {location}"));
-    let (authority, path) = rest
-        .find('/')
-        .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p),
         None => (authority, ""),
     };
-    let want_scheme = str_of(redirect, "scheme")
-        .or(str_of(req, "scheme"))
-        .unwrap_or("http");
+    let want_scheme = str_of(redirect, "scheme").or(str_of(req, "scheme")).unwrap_or("http");
     assert_eq!(scheme, want_scheme, "{what}: scheme of {location}");
     if let Some(want_host) = str_of(redirect, "host") {
         assert_eq!(host, want_host, "{what}: host of {location}");
     }
     match str_of(redirect, "port").unwrap_or("") {
         "" => assert!(
-            port.is_empty()
-                || (scheme == "http" && port == "80")
-                || (scheme == "https" && port == "443"),
+            port.is_empty() || (scheme == "http" && port == "80") || (scheme == "https" && port == "443"),
             "{what}: port of {location}"
         ),
         want => assert_eq!(port, want, "{what}: port of {location}"),
     }
     let request_path = str_of(req, "path").unwrap_or("/");
-    let want_path = str_of(redirect, "path").unwrap_or_else(|| {
-        request_path
-            .split_once('?')
-            .map_or(request_path, |(p, _)| p)
-    });
+    let want_path =
+        str_of(redirect, "path").unwrap_or_else(|| request_path.split_once('?').map_or(request_path, |(p, _)| p));
     assert_eq!(path, want_path, "{what}: path of {location}");
 }
 
@@ -434,14 +385,8 @@ fn check_distribution(name: &str, router: &Router, requests: &[Value], extra: &V
     let mut rng = XorShift::new(0x5eed);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for _ in 0..total {
-        let served = check(
-            router,
-            template,
-            &json!({"status": [200]}),
-            name,
-            rng.next_u64(),
-        )
-        .unwrap_or_else(|| panic!("{name}: not forwarded"));
+        let served = check(router, template, &json!({"status": [200]}), name, rng.next_u64())
+            .unwrap_or_else(|| panic!("{name}: not forwarded"));
         *counts.entry(served).or_default() += 1;
     }
     let seen: BTreeSet<&String> = counts.keys().collect();
@@ -452,10 +397,7 @@ fn check_distribution(name: &str, router: &Router, requests: &[Value], extra: &V
             "{name}: {backend} got {got}, want {fraction} (counts {counts:?})"
         );
         if *fraction == 0.0 {
-            assert!(
-                !seen.contains(backend),
-                "{name}: {backend} has weight 0 but was seen"
-            );
+            assert!(!seen.contains(backend), "{name}: {backend} has weight 0 but was seen");
         }
     }
     assert!(

@@ -51,7 +51,13 @@ pub struct DirSource {
 
 impl DirSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new(), last_good_objects: BTreeMap::new(), loaded: false, dir_error: None }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            last_good_objects: BTreeMap::new(),
+            loaded: false,
+            dir_error: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -76,7 +82,10 @@ impl DirSource {
                 }
             }
             Err(e) => {
-                dir_error = Some(ConfigError::Read { file: self.dir.display().to_string(), message: e.to_string() });
+                dir_error = Some(ConfigError::Read {
+                    file: self.dir.display().to_string(),
+                    message: e.to_string(),
+                });
                 present.extend(self.files.keys().cloned());
             }
         }
@@ -97,7 +106,10 @@ impl DirSource {
 
     /// Re-reads one file if its metadata changed. Returns whether its contents changed.
     fn refresh(&mut self, path: &Path) -> bool {
-        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp { modified: m.modified().ok(), len: m.len() });
+        let stamp = std::fs::metadata(path).ok().map(|m| FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+        });
         let state = self.files.entry(path.to_path_buf()).or_default();
         if stamp.is_some() && state.stamp == stamp {
             return false;
@@ -108,14 +120,24 @@ impl DirSource {
             Ok(text) => text,
             Err(e) => {
                 state.current = ParsedFile {
-                    errors: vec![ConfigError::Read { file: name, message: e.to_string() }],
+                    errors: vec![ConfigError::Read {
+                        file: name,
+                        message: e.to_string(),
+                    }],
                     syntax_error: true,
                     ..Default::default()
                 };
                 return true;
             }
         };
-        if text == state.text && state.stamp.is_some() && !state.current.errors.iter().any(|e| matches!(e, ConfigError::Read { .. })) {
+        if text == state.text
+            && state.stamp.is_some()
+            && !state
+                .current
+                .errors
+                .iter()
+                .any(|e| matches!(e, ConfigError::Read { .. }))
+        {
             return false;
         }
         let format = format_of(path).unwrap_or(Format::Yaml);
@@ -138,12 +160,23 @@ impl DirSource {
                 tracing::debug!(%file, object = %ignored, "ignoring a kind tidegate does not act on");
             }
             // A syntax error keeps the file's last good objects.
-            let source = if state.current.syntax_error { &state.good } else { &state.current };
-            let kept = source.invalid.iter().filter_map(|key| self.last_good_objects.get(key).cloned());
+            let source = if state.current.syntax_error {
+                &state.good
+            } else {
+                &state.current
+            };
+            let kept = source
+                .invalid
+                .iter()
+                .filter_map(|key| self.last_good_objects.get(key).cloned());
             for object in source.objects.iter().cloned().chain(kept) {
                 let key = object.key();
                 if let Some(first) = origin.get(&key) {
-                    store.errors.push(ConfigError::Duplicate { object: key.to_string(), first: first.clone(), second: file.clone() });
+                    store.errors.push(ConfigError::Duplicate {
+                        object: key.to_string(),
+                        first: first.clone(),
+                        second: file.clone(),
+                    });
                     continue;
                 }
                 origin.insert(key.clone(), file.clone());

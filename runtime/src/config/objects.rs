@@ -23,7 +23,11 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
-        Self { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 

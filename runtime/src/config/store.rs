@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::objects::{self, Object, ObjectKey};
 
@@ -21,7 +21,10 @@ pub struct ObjectStore {
 impl ObjectStore {
     /// Objects of one kind, in key order.
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Object> + 'a {
-        self.objects.range(ObjectKey::new(kind, "", "")..).take_while(move |(k, _)| k.kind == kind).map(|(_, o)| o)
+        self.objects
+            .range(ObjectKey::new(kind, "", "")..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, o)| o)
     }
 
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&Object> {
@@ -38,16 +41,36 @@ pub enum ConfigError {
         "{file}: document {document}, line {line}, column {column}: {message}; fix the syntax \
          (the last good version of this file keeps serving)"
     )]
-    Parse { file: String, document: usize, line: usize, column: usize, message: String },
+    Parse {
+        file: String,
+        document: usize,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{file}: document {document}: {message}")]
-    Malformed { file: String, document: usize, message: String },
+    Malformed {
+        file: String,
+        document: usize,
+        message: String,
+    },
     #[error(
         "{object} ({file}, document {document}): field `{field}`: {message}; fix this field \
          (the last good version of this object, if any, keeps serving)"
     )]
-    Invalid { object: String, file: String, document: usize, field: String, message: String },
+    Invalid {
+        object: String,
+        file: String,
+        document: usize,
+        field: String,
+        message: String,
+    },
     #[error("{object} is defined twice: in {first} and in {second}; remove one (the first one is used)")]
-    Duplicate { object: String, first: String, second: String },
+    Duplicate {
+        object: String,
+        first: String,
+        second: String,
+    },
 }
 
 impl ConfigError {
@@ -114,7 +137,11 @@ pub fn parse_file(file: &str, text: &str, format: Format) -> ParsedFile {
         }
         // A `kind: List` holds objects in `items`, as `kubectl get -o yaml` writes them.
         if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
-            let items = value.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            let items = value
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default();
             for item in items {
                 parse_object(file, document, item, &mut parsed);
             }
@@ -146,13 +173,15 @@ fn parse_yaml_values(file: &str, text: &str) -> Result<Vec<serde_json::Value>, C
 }
 
 fn parse_json_value(file: &str, text: &str) -> Result<Vec<serde_json::Value>, ConfigError> {
-    serde_json::from_str::<serde_json::Value>(text).map(|v| vec![v]).map_err(|e| ConfigError::Parse {
-        file: file.to_string(),
-        document: 1,
-        line: e.line(),
-        column: e.column(),
-        message: strip_location(&e.to_string()),
-    })
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|v| vec![v])
+        .map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            document: 1,
+            line: e.line(),
+            column: e.column(),
+            message: strip_location(&e.to_string()),
+        })
 }
 
 /// serde errors end with " at line L column C"; the position is reported in its own fields.
@@ -164,8 +193,16 @@ fn strip_location(message: &str) -> String {
 }
 
 fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &mut ParsedFile) {
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     if api_version.is_empty() || kind.is_empty() {
         parsed.errors.push(ConfigError::Malformed {
             file: file.to_string(),
@@ -176,13 +213,21 @@ fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &
         });
         return;
     }
-    let name = value.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     let Some(typed_kind) = objects::known_kind(&api_version, &kind) else {
         parsed.ignored.push(format!("{api_version}/{kind} {name}"));
         return;
     };
     let namespace = if Object::is_namespaced(typed_kind) {
-        value.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default").to_string()
+        value
+            .pointer("/metadata/namespace")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+            .to_string()
     } else {
         String::new()
     };
@@ -195,7 +240,10 @@ fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &
         message,
     };
     if name.is_empty() {
-        parsed.errors.push(invalid("metadata.name".into(), "is required; give the object a name".into()));
+        parsed.errors.push(invalid(
+            "metadata.name".into(),
+            "is required; give the object a name".into(),
+        ));
         return;
     }
     let object = match typed_kind {

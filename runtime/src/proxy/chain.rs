@@ -43,17 +43,31 @@ pub enum RequestOutcome {
 
 impl Chain {
     /// Starts one VM per filter. Fails if any filter rejects its configuration.
-    pub fn start(filters: &[(FilterModule, Arc<[u8]>)], limits: SandboxLimits, metrics: Arc<Metrics>) -> Result<Self, WasmError> {
+    pub fn start(
+        filters: &[(FilterModule, Arc<[u8]>)],
+        limits: SandboxLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WasmError> {
         let mut slots = Vec::with_capacity(filters.len());
         for (module, config) in filters {
             let instance = FilterInstance::start(module, config, &limits)?;
-            slots.push(FilterSlot { module: module.clone(), config: config.clone(), instance: RefCell::new(instance), incarnation: Cell::new(0) });
+            slots.push(FilterSlot {
+                module: module.clone(),
+                config: config.clone(),
+                instance: RefCell::new(instance),
+                incarnation: Cell::new(0),
+            });
         }
         Ok(Self { slots, limits, metrics })
     }
 
     /// Runs `on_request_headers` through the chain in order until a filter answers or fails.
-    pub fn on_request_headers(&self, ex: &mut HttpExchange, end_of_stream: bool, open: &mut OpenContexts) -> RequestOutcome {
+    pub fn on_request_headers(
+        &self,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+        open: &mut OpenContexts,
+    ) -> RequestOutcome {
         for (index, slot) in self.slots.iter().enumerate() {
             let result = {
                 let mut instance = slot.instance.borrow_mut();
@@ -77,7 +91,12 @@ impl Chain {
     }
 
     /// Runs `on_response_headers` through the filters that saw the request, in reverse order.
-    pub fn on_response_headers(&self, ex: &mut HttpExchange, end_of_stream: bool, open: &OpenContexts) -> Result<(), (String, String)> {
+    pub fn on_response_headers(
+        &self,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+        open: &OpenContexts,
+    ) -> Result<(), (String, String)> {
         for &(index, incarnation, ctx) in open.entries.iter().rev() {
             let slot = &self.slots[index];
             if slot.incarnation.get() != incarnation {
@@ -85,7 +104,9 @@ impl Chain {
             }
             let result = slot.instance.borrow_mut().on_response_headers(ctx, ex, end_of_stream);
             if let Err(e) = result {
-                let RequestOutcome::Failed { filter, error } = self.failed(slot, e.to_string()) else { unreachable!() };
+                let RequestOutcome::Failed { filter, error } = self.failed(slot, e.to_string()) else {
+                    unreachable!()
+                };
                 return Err((filter, error));
             }
         }

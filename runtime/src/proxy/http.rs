@@ -33,9 +33,21 @@ pub struct ConnectionInfo {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
 
-pub async fn handle(request: Request<Incoming>, info: Rc<ConnectionInfo>, worker: Rc<Worker>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    request: Request<Incoming>,
+    info: Rc<ConnectionInfo>,
+    worker: Rc<Worker>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let response = proxy(request, &info, &worker).await;
     worker.metrics.request_done(response.status().as_u16());
     Ok(response)
@@ -124,8 +136,12 @@ fn exchange_for(parts: &hyper::http::request::Parts, info: &ConnectionInfo) -> H
         }
         headers.add(name.as_str(), value.as_bytes().to_vec());
     }
-    let mut ex = HttpExchange { request_headers: headers, ..Default::default() };
-    ex.properties.set("tidegate.listener_port", info.gateway_port.to_string());
+    let mut ex = HttpExchange {
+        request_headers: headers,
+        ..Default::default()
+    };
+    ex.properties
+        .set("tidegate.listener_port", info.gateway_port.to_string());
     if let Some(gateway) = &info.gateway {
         ex.properties.set("tidegate.gateway", gateway.clone());
     }
@@ -145,20 +161,41 @@ fn version_name(version: Version) -> &'static str {
 }
 
 /// The endpoint and protocol the filters chose.
-fn decision(ex: &HttpExchange, snapshot: &crate::snapshot::Snapshot) -> Result<(SocketAddr, UpstreamProtocol), (StatusCode, String)> {
-    let Some(cluster) = ex.properties.get("tidegate.cluster").map(|c| String::from_utf8_lossy(c).into_owned()) else {
-        return Err((StatusCode::NOT_FOUND, "no route chose a backend for this request\n".into()));
+fn decision(
+    ex: &HttpExchange,
+    snapshot: &crate::snapshot::Snapshot,
+) -> Result<(SocketAddr, UpstreamProtocol), (StatusCode, String)> {
+    let Some(cluster) = ex
+        .properties
+        .get("tidegate.cluster")
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+    else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "no route chose a backend for this request\n".into(),
+        ));
     };
     let Some(plan) = snapshot.clusters.get(&cluster) else {
-        return Err((StatusCode::INTERNAL_SERVER_ERROR, format!("the chosen cluster {cluster} does not exist\n")));
+        return Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the chosen cluster {cluster} does not exist\n"),
+        ));
     };
     let Some(endpoint) = ex.properties.get("tidegate.endpoint") else {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, format!("no endpoint was chosen for cluster {cluster}\n")));
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no endpoint was chosen for cluster {cluster}\n"),
+        ));
     };
     let endpoint = std::str::from_utf8(endpoint)
         .ok()
         .and_then(|e| e.parse::<SocketAddr>().ok())
-        .ok_or_else(|| (StatusCode::INTERNAL_SERVER_ERROR, "a filter chose an endpoint that is not ip:port\n".to_string()))?;
+        .ok_or_else(|| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a filter chose an endpoint that is not ip:port\n".to_string(),
+            )
+        })?;
     Ok((endpoint, plan.protocol))
 }
 
@@ -173,12 +210,22 @@ fn upstream_request(
     let headers = &ex.request_headers;
     let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
     let method = text(":method").unwrap_or_else(|| parts.method.to_string());
-    let path = text(":path").filter(|p| p.starts_with('/')).unwrap_or_else(|| "/".into());
+    let path = text(":path")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or_else(|| "/".into());
     let authority = text(":authority").unwrap_or_default();
     let uri: Uri = match protocol {
         UpstreamProtocol::Http1 => path.parse(),
         // HTTP/2 carries the Host as `:authority`, which hyper takes from the URI.
-        UpstreamProtocol::H2c => format!("http://{}{path}", if authority.is_empty() { endpoint.to_string() } else { authority.clone() }).parse(),
+        UpstreamProtocol::H2c => format!(
+            "http://{}{path}",
+            if authority.is_empty() {
+                endpoint.to_string()
+            } else {
+                authority.clone()
+            }
+        )
+        .parse(),
     }
     .map_err(|e| format!("the request target {path:?} is not valid after filtering: {e}\n"))?;
     let mut builder = Request::builder().method(method.as_str()).uri(uri);
@@ -192,11 +239,14 @@ fn upstream_request(
         }
     }
     if protocol == UpstreamProtocol::Http1 && !authority.is_empty() {
-        let host = HeaderValue::from_str(&authority).map_err(|_| "the Host is not a valid header value\n".to_string())?;
+        let host =
+            HeaderValue::from_str(&authority).map_err(|_| "the Host is not a valid header value\n".to_string())?;
         upstream_headers.insert(HOST, host);
     }
     append_forwarded(upstream_headers, info);
-    builder.body(body).map_err(|e| format!("invalid request after filtering: {e}\n"))
+    builder
+        .body(body)
+        .map_err(|e| format!("invalid request after filtering: {e}\n"))
 }
 
 /// X-Forwarded-For / X-Forwarded-Proto, as every gateway sets them.
@@ -226,7 +276,11 @@ fn apply_response_headers(list: &HeaderList, parts: &mut hyper::http::response::
     let mut headers = hyper::HeaderMap::with_capacity(list.len());
     for (name, value) in list.iter() {
         if name == ":status" {
-            if let Some(status) = std::str::from_utf8(value).ok().and_then(|s| s.parse::<u16>().ok()).and_then(|s| StatusCode::from_u16(s).ok()) {
+            if let Some(status) = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+            {
                 parts.status = status;
             }
             continue;
@@ -260,12 +314,16 @@ fn full(bytes: Bytes) -> ResponseBody {
     if bytes.is_empty() {
         return Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync();
     }
-    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 fn plain(status: StatusCode, message: &str) -> Response<ResponseBody> {
     let mut response = Response::new(full(Bytes::from(message.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }

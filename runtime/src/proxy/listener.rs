@@ -48,19 +48,39 @@ pub async fn accept_loop(listener: TcpListener, address: IpAddr, gateway_port: u
     }
 }
 
-async fn serve_connection(stream: TcpStream, remote: SocketAddr, address: IpAddr, gateway_port: u16, worker: Rc<Worker>) {
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    address: IpAddr,
+    gateway_port: u16,
+    worker: Rc<Worker>,
+) {
     let Some(generation) = worker.current() else { return };
-    let Some(plan) = generation.published.snapshot.ports.iter().find(|p| p.address == address && p.port == gateway_port) else {
+    let Some(plan) = generation
+        .published
+        .snapshot
+        .ports
+        .iter()
+        .find(|p| p.address == address && p.port == gateway_port)
+    else {
         return;
     };
     let local = stream.local_addr().unwrap_or(remote);
     // When exactly one Gateway owns this socket the router needs no guessing.
     let gateway = (plan.gateways.len() == 1).then(|| plan.gateways[0].clone());
-    let info = Rc::new(ConnectionInfo { gateway_port, gateway, scheme: plan.protocol.scheme(), remote, local });
+    let info = Rc::new(ConnectionInfo {
+        gateway_port,
+        gateway,
+        scheme: plan.protocol.scheme(),
+        remote,
+        local,
+    });
     match plan.protocol {
         PortProtocol::Http => serve_http(stream, info, worker).await,
         PortProtocol::Https => {
-            let Some(config) = generation.published.tls.get(&(address, gateway_port)).cloned() else { return };
+            let Some(config) = generation.published.tls.get(&(address, gateway_port)).cloned() else {
+                return;
+            };
             drop(generation);
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -78,7 +98,10 @@ where
 {
     let service = service_fn(move |request| http::handle(request, info.clone(), worker.clone()));
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(error = %e, "downstream connection ended with an error");

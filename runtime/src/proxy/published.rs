@@ -37,7 +37,14 @@ impl Published {
             .filter(|p| p.protocol == PortProtocol::Https)
             .map(|p| ((p.address, p.port), tls::server_config(&p.certificates)))
             .collect();
-        Self { snapshot: Arc::new(snapshot), router_config, balancer_config, tls, statuses, errors }
+        Self {
+            snapshot: Arc::new(snapshot),
+            router_config,
+            balancer_config,
+            tls,
+            statuses,
+            errors,
+        }
     }
 }
 

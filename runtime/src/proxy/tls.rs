@@ -10,8 +10,15 @@ use crate::snapshot::ListenerCertificate;
 
 /// A server config offering h2 and http/1.1 by ALPN.
 pub fn server_config(certificates: &[ListenerCertificate]) -> Arc<rustls::ServerConfig> {
-    let resolver = SniResolver { certificates: certificates.iter().map(|c| (c.hostname.clone(), c.key.clone())).collect() };
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(resolver));
+    let resolver = SniResolver {
+        certificates: certificates
+            .iter()
+            .map(|c| (c.hostname.clone(), c.key.clone()))
+            .collect(),
+    };
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -25,12 +32,21 @@ impl SniResolver {
     /// Gateway API listener precedence: exact hostname, then the longest wildcard, then a
     /// listener without hostname. A client without SNI gets the catch-all (or the first).
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let catch_all = || self.certificates.iter().find(|(h, _)| h.is_none()).map(|(_, k)| k.clone());
+        let catch_all = || {
+            self.certificates
+                .iter()
+                .find(|(h, _)| h.is_none())
+                .map(|(_, k)| k.clone())
+        };
         let Some(sni) = sni else {
             return catch_all().or_else(|| self.certificates.first().map(|(_, k)| k.clone()));
         };
         let sni = sni.to_ascii_lowercase();
-        if let Some((_, key)) = self.certificates.iter().find(|(h, _)| h.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&sni))) {
+        if let Some((_, key)) = self
+            .certificates
+            .iter()
+            .find(|(h, _)| h.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&sni)))
+        {
             return Some(key.clone());
         }
         let wildcard = self

@@ -27,7 +27,10 @@ const MAX_IDLE_PER_ENDPOINT: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connect to {endpoint} failed: {source}")]
-    Connect { endpoint: SocketAddr, source: std::io::Error },
+    Connect {
+        endpoint: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect to {endpoint} timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { endpoint: SocketAddr },
     #[error("HTTP handshake with {endpoint} failed: {source}")]
@@ -46,14 +49,23 @@ pub struct Upstreams {
 impl Upstreams {
     /// Sends `request` to `endpoint`. For HTTP/1.1 the URI must be origin-form with a Host
     /// header; for HTTP/2 it must be absolute (its authority becomes `:authority`).
-    pub async fn send(&self, endpoint: SocketAddr, protocol: UpstreamProtocol, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        protocol: UpstreamProtocol,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match protocol {
             UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
             UpstreamProtocol::H2c => self.send_h2(endpoint, request).await,
         }
     }
 
-    async fn send_http1(&self, endpoint: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_http1(
+        &self,
+        endpoint: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self.idle_http1(endpoint) {
             Some(sender) => sender,
             None => {
@@ -70,7 +82,10 @@ impl Upstreams {
                 sender
             }
         };
-        let response = sender.send_request(request).await.map_err(|source| UpstreamError::Request { endpoint, source })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| UpstreamError::Request { endpoint, source })?;
         // The connection is reusable once the response body has been read; park it then.
         let pools = self.clone();
         tokio::task::spawn_local(async move {
@@ -96,7 +111,11 @@ impl Upstreams {
         None
     }
 
-    async fn send_h2(&self, endpoint: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h2(
+        &self,
+        endpoint: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let existing = self.h2.borrow().get(&endpoint).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
@@ -116,8 +135,14 @@ impl Upstreams {
                 sender
             }
         };
-        sender.ready().await.map_err(|source| UpstreamError::Request { endpoint, source })?;
-        sender.send_request(request).await.map_err(|source| UpstreamError::Request { endpoint, source })
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Request { endpoint, source })?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|source| UpstreamError::Request { endpoint, source })
     }
 }
 

@@ -52,7 +52,12 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// Starts the worker threads; they serve whatever `publisher` publishes from now on.
-    pub fn start(options: DataPlaneOptions, publisher: &Publisher, modules: Vec<FilterModule>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn start(
+        options: DataPlaneOptions,
+        publisher: &Publisher,
+        modules: Vec<FilterModule>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let mut serving = Vec::new();
         for id in 0..options.workers.max(1) {
             let version = Arc::new(AtomicU64::new(0));
@@ -61,34 +66,40 @@ impl DataPlane {
             let options = options.clone();
             let modules = modules.clone();
             let metrics = metrics.clone();
-            std::thread::Builder::new().name(format!("tidegate-worker-{id}")).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::error!(worker = id, error = %e, "cannot start a worker runtime");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                let worker = Rc::new(Worker {
-                    id,
-                    options,
-                    modules,
-                    metrics,
-                    upstreams: Upstreams::default(),
-                    current: RefCell::new(None),
-                    listeners: RefCell::new(HashMap::new()),
-                    serving: version,
-                });
-                local.block_on(&runtime, worker.run(rx));
-            })?;
+            std::thread::Builder::new()
+                .name(format!("tidegate-worker-{id}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            tracing::error!(worker = id, error = %e, "cannot start a worker runtime");
+                            return;
+                        }
+                    };
+                    let local = tokio::task::LocalSet::new();
+                    let worker = Rc::new(Worker {
+                        id,
+                        options,
+                        modules,
+                        metrics,
+                        upstreams: Upstreams::default(),
+                        current: RefCell::new(None),
+                        listeners: RefCell::new(HashMap::new()),
+                        serving: version,
+                    });
+                    local.block_on(&runtime, worker.run(rx));
+                })?;
         }
         Ok(Self { serving })
     }
 
     /// The lowest snapshot version any worker serves (0 until every worker serves one).
     pub fn serving_version(&self) -> u64 {
-        self.serving.iter().map(|v| v.load(Ordering::Acquire)).min().unwrap_or(0)
+        self.serving
+            .iter()
+            .map(|v| v.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -135,7 +146,10 @@ impl Worker {
         let filters: Vec<_> = self.modules.iter().cloned().zip(configs).collect();
         match Chain::start(&filters, self.options.limits.clone(), self.metrics.clone()) {
             Ok(chain) => {
-                *self.current.borrow_mut() = Some(Rc::new(Generation { published: published.clone(), chain }));
+                *self.current.borrow_mut() = Some(Rc::new(Generation {
+                    published: published.clone(),
+                    chain,
+                }));
             }
             Err(e) => {
                 // The last good generation keeps serving.
@@ -163,7 +177,11 @@ impl Worker {
                 continue;
             }
             let Some(bind_port) = port.checked_add(self.options.port_offset) else {
-                tracing::error!(port, offset = self.options.port_offset, "listener port plus --port-offset exceeds 65535");
+                tracing::error!(
+                    port,
+                    offset = self.options.port_offset,
+                    "listener port plus --port-offset exceeds 65535"
+                );
                 continue;
             };
             let addr = SocketAddr::new(address, bind_port);

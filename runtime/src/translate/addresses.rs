@@ -20,9 +20,13 @@ impl FromStr for AddressPool {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 127.0.100.0/24"))?;
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR like 127.0.100.0/24"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{ip:?}: {e}; the pool must be IPv4"))?;
-        let prefix: u32 = prefix.parse().map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+        let prefix: u32 = prefix
+            .parse()
+            .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
         if !(8..=30).contains(&prefix) {
             return Err(format!("prefix /{prefix} must be between /8 and /30"));
         }
@@ -44,7 +48,9 @@ impl AddressPool {
 }
 
 fn fnv1a(text: &str) -> u32 {
-    text.bytes().fold(0x811c_9dc5u32, |hash, b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    text.bytes().fold(0x811c_9dc5u32, |hash, b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,11 @@ use crate::config::objects::{GATEWAY_GROUP, Gateway, GatewayListener, Object, Re
 use crate::snapshot::{ListenerCertificate, PortPlan, PortProtocol};
 
 /// Names of the GatewayClasses whose controller is tidegate.
-pub(super) fn our_classes(store: &ObjectStore, options: &TranslateOptions, statuses: &mut Vec<ObjectStatus>) -> BTreeSet<String> {
+pub(super) fn our_classes(
+    store: &ObjectStore,
+    options: &TranslateOptions,
+    statuses: &mut Vec<ObjectStatus>,
+) -> BTreeSet<String> {
     let mut ours = BTreeSet::new();
     for object in store.of_kind("GatewayClass") {
         let Object::GatewayClass(class) = object else { continue };
@@ -24,7 +28,12 @@ pub(super) fn our_classes(store: &ObjectStore, options: &TranslateOptions, statu
         }
         ours.insert(class.metadata.name.clone());
         let mut conditions = Conditions::new(class.metadata.generation, &options.now);
-        conditions.set(reason::ACCEPTED, true, reason::ACCEPTED, "tidegate serves Gateways of this class");
+        conditions.set(
+            reason::ACCEPTED,
+            true,
+            reason::ACCEPTED,
+            "tidegate serves Gateways of this class",
+        );
         statuses.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "GatewayClass".into(),
@@ -75,7 +84,11 @@ impl ListenerPlan {
 /// Gateways whose class is ours. In standalone mode the directory is tidegate's own, so a
 /// Gateway whose class has no GatewayClass object is served too; a class owned by another
 /// controller is left alone.
-pub(super) fn translate_gateways(store: &ObjectStore, classes: &BTreeSet<String>, options: &TranslateOptions) -> Vec<GatewayPlan> {
+pub(super) fn translate_gateways(
+    store: &ObjectStore,
+    classes: &BTreeSet<String>,
+    options: &TranslateOptions,
+) -> Vec<GatewayPlan> {
     let mut plans = Vec::new();
     for object in store.of_kind("Gateway") {
         let Object::Gateway(gateway) = object else { continue };
@@ -93,9 +106,16 @@ pub(super) fn translate_gateways(store: &ObjectStore, classes: &BTreeSet<String>
 
 /// `spec.addresses` first, then the pool (if any), then the default address.
 fn assign_addresses(plans: &mut [GatewayPlan], options: &TranslateOptions) {
-    let mut taken: BTreeSet<IpAddr> = plans.iter().filter(|p| p.requested_address).map(|p| p.address).collect();
+    let mut taken: BTreeSet<IpAddr> = plans
+        .iter()
+        .filter(|p| p.requested_address)
+        .map(|p| p.address)
+        .collect();
     let Some(pool) = &options.address_pool else { return };
-    for plan in plans.iter_mut().filter(|p| !p.requested_address && p.address_problem.is_none()) {
+    for plan in plans
+        .iter_mut()
+        .filter(|p| !p.requested_address && p.address_problem.is_none())
+    {
         if let Some(address) = pool.assign(&plan.key, &taken) {
             plan.address = address;
             taken.insert(address);
@@ -120,7 +140,12 @@ fn plan_gateway(store: &ObjectStore, gateway: &Gateway, options: &TranslateOptio
                 format!("protocol {:?} is not supported yet; use HTTP or HTTPS", spec.protocol),
             );
         }
-        conditions.set(reason::RESOLVED_REFS, true, reason::RESOLVED_REFS, "all references resolved");
+        conditions.set(
+            reason::RESOLVED_REFS,
+            true,
+            reason::RESOLVED_REFS,
+            "all references resolved",
+        );
         let supported_kinds = supported_kinds(spec, &mut conditions);
         if spec.protocol == "HTTPS" {
             match listener_certificate(store, &namespace, spec) {
@@ -129,19 +154,31 @@ fn plan_gateway(store: &ObjectStore, gateway: &Gateway, options: &TranslateOptio
             }
         }
         conditions.set(reason::CONFLICTED, false, reason::NO_CONFLICTS, "no conflicts");
-        listeners.push(ListenerPlan { spec: spec.clone(), conditions, attached_routes: 0, certificate, supported_kinds });
+        listeners.push(ListenerPlan {
+            spec: spec.clone(),
+            conditions,
+            attached_routes: 0,
+            certificate,
+            supported_kinds,
+        });
     }
     for listener in &mut listeners {
         update_programmed(listener);
     }
     let (address, requested_address, address_problem) = match gateway.spec.addresses.first() {
         None => (options.address, false, None),
-        Some(requested) => match (requested.kind.as_deref().unwrap_or("IPAddress"), requested.value.parse::<IpAddr>()) {
+        Some(requested) => match (
+            requested.kind.as_deref().unwrap_or("IPAddress"),
+            requested.value.parse::<IpAddr>(),
+        ) {
             ("IPAddress", Ok(ip)) => (ip, true, None),
             (kind, _) => (
                 options.address,
                 false,
-                Some(format!("spec.addresses: {kind} {:?} cannot be served; use an IPAddress this node owns", requested.value)),
+                Some(format!(
+                    "spec.addresses: {kind} {:?} cannot be served; use an IPAddress this node owns",
+                    requested.value
+                )),
             ),
         },
     };
@@ -162,9 +199,16 @@ fn update_programmed(listener: &mut ListenerPlan) {
         && listener.conditions.is_true(reason::RESOLVED_REFS)
         && !listener.conditions.is_true(reason::CONFLICTED);
     if ok {
-        listener.conditions.set(reason::PROGRAMMED, true, reason::PROGRAMMED, "listener is served");
+        listener
+            .conditions
+            .set(reason::PROGRAMMED, true, reason::PROGRAMMED, "listener is served");
     } else {
-        listener.conditions.set(reason::PROGRAMMED, false, reason::INVALID, "listener is not served; see its other conditions");
+        listener.conditions.set(
+            reason::PROGRAMMED,
+            false,
+            reason::INVALID,
+            "listener is not served; see its other conditions",
+        );
     }
 }
 
@@ -183,20 +227,30 @@ fn supported_kinds(spec: &GatewayListener, conditions: &mut Conditions) -> Vec<S
                 reason::RESOLVED_REFS,
                 false,
                 reason::INVALID_ROUTE_KINDS,
-                format!("route kind {group}/{} is not supported on {} listeners; use HTTPRoute", kind.kind, spec.protocol),
+                format!(
+                    "route kind {group}/{} is not supported on {} listeners; use HTTPRoute",
+                    kind.kind, spec.protocol
+                ),
             );
         }
     }
     kinds
 }
 
-fn listener_certificate(store: &ObjectStore, namespace: &str, spec: &GatewayListener) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+fn listener_certificate(
+    store: &ObjectStore,
+    namespace: &str,
+    spec: &GatewayListener,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
     let tls = spec.tls.as_ref().ok_or((
         reason::INVALID_CERTIFICATE_REF,
         "an HTTPS listener needs tls.certificateRefs naming a kubernetes.io/tls Secret".to_string(),
     ))?;
     if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
-        return Err((reason::INVALID_CERTIFICATE_REF, "tls.mode Passthrough is not supported on HTTPS listeners; use Terminate".into()));
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            "tls.mode Passthrough is not supported on HTTPS listeners; use Terminate".into(),
+        ));
     }
     let cert_ref = tls.certificate_refs.first().ok_or((
         reason::INVALID_CERTIFICATE_REF,
@@ -205,19 +259,44 @@ fn listener_certificate(store: &ObjectStore, namespace: &str, spec: &GatewayList
     let group = cert_ref.group.as_deref().unwrap_or("");
     let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
     if !group.is_empty() || kind != "Secret" {
-        return Err((reason::INVALID_CERTIFICATE_REF, format!("certificateRef kind {group}/{kind} is not supported; use a core Secret")));
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            format!("certificateRef kind {group}/{kind} is not supported; use a core Secret"),
+        ));
     }
     let secret_namespace = cert_ref.namespace.as_deref().unwrap_or(namespace);
-    if secret_namespace != namespace && !reference_granted(store, secret_namespace, GATEWAY_GROUP, "Gateway", namespace, "", "Secret", &cert_ref.name) {
+    if secret_namespace != namespace
+        && !reference_granted(
+            store,
+            secret_namespace,
+            GATEWAY_GROUP,
+            "Gateway",
+            namespace,
+            "",
+            "Secret",
+            &cert_ref.name,
+        )
+    {
         return Err((
             reason::REF_NOT_PERMITTED,
-            format!("Secret {secret_namespace}/{} is in another namespace and no ReferenceGrant there allows it", cert_ref.name),
+            format!(
+                "Secret {secret_namespace}/{} is in another namespace and no ReferenceGrant there allows it",
+                cert_ref.name
+            ),
         ));
     }
     let Some(Object::Secret(secret)) = store.get("Secret", secret_namespace, &cert_ref.name) else {
-        return Err((reason::INVALID_CERTIFICATE_REF, format!("Secret {secret_namespace}/{} does not exist", cert_ref.name)));
+        return Err((
+            reason::INVALID_CERTIFICATE_REF,
+            format!("Secret {secret_namespace}/{} does not exist", cert_ref.name),
+        ));
     };
-    tls::certified_key(secret).map_err(|e| (reason::INVALID_CERTIFICATE_REF, format!("Secret {secret_namespace}/{}: {e}", cert_ref.name)))
+    tls::certified_key(secret).map_err(|e| {
+        (
+            reason::INVALID_CERTIFICATE_REF,
+            format!("Secret {secret_namespace}/{}: {e}", cert_ref.name),
+        )
+    })
 }
 
 /// Whether a ReferenceGrant in `to_namespace` lets `from_kind` objects of `from_namespace`
@@ -234,9 +313,14 @@ pub(super) fn reference_granted(
     to_name: &str,
 ) -> bool {
     store.of_kind("ReferenceGrant").any(|object| {
-        let Object::ReferenceGrant(ReferenceGrant { metadata, spec }) = object else { return false };
+        let Object::ReferenceGrant(ReferenceGrant { metadata, spec }) = object else {
+            return false;
+        };
         metadata.namespace.as_deref().unwrap_or("default") == to_namespace
-            && spec.from.iter().any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_namespace)
+            && spec
+                .from
+                .iter()
+                .any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_namespace)
             && spec
                 .to
                 .iter()
@@ -251,15 +335,24 @@ fn mark_conflicts(plans: &mut [GatewayPlan]) {
     let mut seen_hosts: BTreeMap<(IpAddr, u16, String), usize> = BTreeMap::new();
     for plan in plans.iter_mut() {
         let address = plan.address;
-        for listener in plan.listeners.iter_mut().filter(|l| l.conditions.is_true(reason::ACCEPTED)) {
+        for listener in plan
+            .listeners
+            .iter_mut()
+            .filter(|l| l.conditions.is_true(reason::ACCEPTED))
+        {
             let port = listener.spec.port;
-            let protocol = first_protocol.entry((address, port)).or_insert_with(|| listener.spec.protocol.clone());
+            let protocol = first_protocol
+                .entry((address, port))
+                .or_insert_with(|| listener.spec.protocol.clone());
             if *protocol != listener.spec.protocol {
                 listener.conditions.set(
                     reason::CONFLICTED,
                     true,
                     reason::PROTOCOL_CONFLICT,
-                    format!("port {port} already serves {protocol}; use another port for {}", listener.spec.protocol),
+                    format!(
+                        "port {port} already serves {protocol}; use another port for {}",
+                        listener.spec.protocol
+                    ),
                 );
             } else {
                 let host = listener.spec.hostname.clone().unwrap_or_default();
@@ -286,7 +379,11 @@ impl GatewayPlan {
             .iter()
             .map(|l| ListenerStatus {
                 name: l.spec.name.clone(),
-                supported_kinds: l.supported_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect(),
+                supported_kinds: l
+                    .supported_kinds
+                    .iter()
+                    .map(|k| json!({"group": GATEWAY_GROUP, "kind": k}))
+                    .collect(),
                 attached_routes: l.attached_routes,
                 conditions: l.conditions.list.clone(),
             })
@@ -298,12 +395,22 @@ impl GatewayPlan {
         } else if accepted {
             conditions.set(reason::ACCEPTED, true, reason::ACCEPTED, "tidegate serves this Gateway");
         } else {
-            conditions.set(reason::ACCEPTED, false, reason::LISTENERS_NOT_VALID, "no listener is valid; see status.listeners");
+            conditions.set(
+                reason::ACCEPTED,
+                false,
+                reason::LISTENERS_NOT_VALID,
+                "no listener is valid; see status.listeners",
+            );
         }
         if self.listeners.iter().any(|l| l.programmed()) {
             conditions.set(reason::PROGRAMMED, true, reason::PROGRAMMED, "listeners are served");
         } else {
-            conditions.set(reason::PROGRAMMED, false, reason::INVALID, "no listener is served; see status.listeners");
+            conditions.set(
+                reason::PROGRAMMED,
+                false,
+                reason::INVALID,
+                "no listener is served; see status.listeners",
+            );
         }
         ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
@@ -324,14 +431,20 @@ pub(super) fn port_plans(plans: &[GatewayPlan]) -> Vec<PortPlan> {
     let mut ports: BTreeMap<(IpAddr, u16), PortPlan> = BTreeMap::new();
     for plan in plans.iter().filter(|p| p.address_problem.is_none()) {
         for listener in plan.listeners.iter().filter(|l| l.programmed()) {
-            let protocol = if listener.spec.protocol == "HTTPS" { PortProtocol::Https } else { PortProtocol::Http };
-            let entry = ports.entry((plan.address, listener.spec.port)).or_insert_with(|| PortPlan {
-                address: plan.address,
-                port: listener.spec.port,
-                gateways: Vec::new(),
-                protocol,
-                certificates: Vec::new(),
-            });
+            let protocol = if listener.spec.protocol == "HTTPS" {
+                PortProtocol::Https
+            } else {
+                PortProtocol::Http
+            };
+            let entry = ports
+                .entry((plan.address, listener.spec.port))
+                .or_insert_with(|| PortPlan {
+                    address: plan.address,
+                    port: listener.spec.port,
+                    gateways: Vec::new(),
+                    protocol,
+                    certificates: Vec::new(),
+                });
             if !entry.gateways.contains(&plan.key) {
                 entry.gateways.push(plan.key.clone());
             }

@@ -20,7 +20,10 @@ pub(super) struct AttachedRoutes {
 
 impl AttachedRoutes {
     pub(super) fn attached_to(&self, gateway: &str, listener: &str) -> Vec<router::Route> {
-        self.by_listener.get(&(gateway.to_string(), listener.to_string())).cloned().unwrap_or_default()
+        self.by_listener
+            .get(&(gateway.to_string(), listener.to_string()))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -54,7 +57,9 @@ pub(super) fn translate_routes(
             let gateway_ns = parent_ref.namespace.clone().unwrap_or_else(|| namespace.clone());
             let gateway_key = format!("{gateway_ns}/{}", parent_ref.name);
             // A parent that is not one of our Gateways belongs to another controller: no status.
-            let Some(gateway) = gateways.iter_mut().find(|g| g.key == gateway_key) else { continue };
+            let Some(gateway) = gateways.iter_mut().find(|g| g.key == gateway_key) else {
+                continue;
+            };
             let mut conditions = Conditions::new(route.metadata.generation, &options.now);
             match attach(store, route, &namespace, parent_ref, gateway) {
                 Err((why, message)) => conditions.set(reason::ACCEPTED, false, why, message),
@@ -69,8 +74,14 @@ pub(super) fn translate_routes(
                     for index in listeners {
                         let listener = &mut gateway.listeners[index];
                         listener.attached_routes += 1;
-                        let entry = attached.by_listener.entry((gateway_key.clone(), listener.spec.name.clone())).or_default();
-                        if !entry.iter().any(|r| r.namespace == namespace && r.name == route.metadata.name) {
+                        let entry = attached
+                            .by_listener
+                            .entry((gateway_key.clone(), listener.spec.name.clone()))
+                            .or_default();
+                        if !entry
+                            .iter()
+                            .any(|r| r.namespace == namespace && r.name == route.metadata.name)
+                        {
                             entry.push(router::Route {
                                 namespace: namespace.clone(),
                                 name: route.metadata.name.clone(),
@@ -83,7 +94,12 @@ pub(super) fn translate_routes(
                 }
             }
             match &resolved {
-                Ok(()) => conditions.set(reason::RESOLVED_REFS, true, reason::RESOLVED_REFS, "all backendRefs resolved"),
+                Ok(()) => conditions.set(
+                    reason::RESOLVED_REFS,
+                    true,
+                    reason::RESOLVED_REFS,
+                    "all backendRefs resolved",
+                ),
                 Err((why, message)) => conditions.set(reason::RESOLVED_REFS, false, why, message.clone()),
             }
             parents.push(RouteParentStatus {
@@ -127,7 +143,11 @@ fn attach(
             format!(
                 "Gateway {} has no listener{}{}; fix parentRefs",
                 gateway.key,
-                parent_ref.section_name.as_ref().map(|s| format!(" named {s:?}")).unwrap_or_default(),
+                parent_ref
+                    .section_name
+                    .as_ref()
+                    .map(|s| format!(" named {s:?}"))
+                    .unwrap_or_default(),
                 parent_ref.port.map(|p| format!(" on port {p}")).unwrap_or_default()
             ),
         ));
@@ -155,14 +175,21 @@ fn attach(
     if matching.is_empty() {
         return Err((
             reason::NO_MATCHING_LISTENER_HOSTNAME,
-            format!("none of the route's hostnames {:?} matches a listener hostname of Gateway {}", route.spec.hostnames, gateway.key),
+            format!(
+                "none of the route's hostnames {:?} matches a listener hostname of Gateway {}",
+                route.spec.hostnames, gateway.key
+            ),
         ));
     }
     Ok(matching)
 }
 
 fn namespace_allowed(store: &ObjectStore, gateway: &GatewayPlan, index: usize, namespace: &str) -> bool {
-    let from = gateway.listeners[index].spec.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    let from = gateway.listeners[index]
+        .spec
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
     match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
         "All" => true,
         "Selector" => {
@@ -170,7 +197,8 @@ fn namespace_allowed(store: &ObjectStore, gateway: &GatewayPlan, index: usize, n
                 Some(Object::Namespace(ns)) => ns.metadata.labels.clone(),
                 _ => Default::default(),
             };
-            from.and_then(|n| n.selector.as_ref()).is_some_and(|s| s.matches(&labels))
+            from.and_then(|n| n.selector.as_ref())
+                .is_some_and(|s| s.matches(&labels))
         }
         _ => namespace == gateway.namespace,
     }
@@ -187,14 +215,19 @@ fn hostname_pair_matches(a: &str, b: &str) -> bool {
         return true;
     }
     let covers = |wild: &str, other: &str| {
-        wild.strip_prefix('*').is_some_and(|suffix| other.len() > suffix.len() && other.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()))
+        wild.strip_prefix('*').is_some_and(|suffix| {
+            other.len() > suffix.len() && other.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase())
+        })
     };
     covers(a, b) || covers(b, a)
 }
 
 fn unsupported_filter(route: &HttpRoute) -> Option<String> {
     for (index, rule) in route.spec.rules.iter().enumerate() {
-        let filters = rule.filters.iter().chain(rule.backend_refs.iter().flat_map(|b| b.filters.iter()));
+        let filters = rule
+            .filters
+            .iter()
+            .chain(rule.backend_refs.iter().flat_map(|b| b.filters.iter()));
         for filter in filters {
             if !SUPPORTED_FILTERS.contains(&filter.kind.as_str()) {
                 return Some(format!(
@@ -236,7 +269,11 @@ fn resolve_rules(
                             None
                         }
                     };
-                    router::Backend { cluster, weight: backend_ref.weight.unwrap_or(1), filters: backend_ref.filters.clone() }
+                    router::Backend {
+                        cluster,
+                        weight: backend_ref.weight.unwrap_or(1),
+                        filters: backend_ref.filters.clone(),
+                    }
                 })
                 .collect(),
         })
@@ -253,23 +290,52 @@ fn resolve_backend(
     let group = backend_ref.group.as_deref().unwrap_or("");
     let kind = backend_ref.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err((reason::INVALID_KIND, format!("backendRef {group}/{kind} {} is not supported; use a Service", backend_ref.name)));
+        return Err((
+            reason::INVALID_KIND,
+            format!(
+                "backendRef {group}/{kind} {} is not supported; use a Service",
+                backend_ref.name
+            ),
+        ));
     }
     let service_ns = backend_ref.namespace.as_deref().unwrap_or(namespace);
-    if service_ns != namespace && !reference_granted(store, service_ns, GATEWAY_GROUP, "HTTPRoute", namespace, "", "Service", &backend_ref.name) {
+    if service_ns != namespace
+        && !reference_granted(
+            store,
+            service_ns,
+            GATEWAY_GROUP,
+            "HTTPRoute",
+            namespace,
+            "",
+            "Service",
+            &backend_ref.name,
+        )
+    {
         return Err((
             reason::REF_NOT_PERMITTED,
-            format!("Service {service_ns}/{} is in another namespace and no ReferenceGrant there allows it", backend_ref.name),
+            format!(
+                "Service {service_ns}/{} is in another namespace and no ReferenceGrant there allows it",
+                backend_ref.name
+            ),
         ));
     }
     let Some(Object::Service(service)) = store.get("Service", service_ns, &backend_ref.name) else {
-        return Err((reason::BACKEND_NOT_FOUND, format!("Service {service_ns}/{} does not exist", backend_ref.name)));
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {service_ns}/{} does not exist", backend_ref.name),
+        ));
     };
     let Some(port) = backend_ref.port else {
-        return Err((reason::BACKEND_NOT_FOUND, format!("backendRef to Service {service_ns}/{} needs a port", backend_ref.name)));
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("backendRef to Service {service_ns}/{} needs a port", backend_ref.name),
+        ));
     };
     if !service.spec.ports.iter().any(|p| p.port == port) {
-        return Err((reason::BACKEND_NOT_FOUND, format!("Service {service_ns}/{} has no port {port}", backend_ref.name)));
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {service_ns}/{} has no port {port}", backend_ref.name),
+        ));
     }
     Ok(clusters.cluster_for(service_ns, &backend_ref.name, port))
 }

@@ -39,7 +39,11 @@ pub struct Conditions {
 
 impl Conditions {
     pub fn new(generation: Option<i64>, now: &str) -> Self {
-        Self { generation: generation.unwrap_or(1), now: now.to_string(), list: Vec::new() }
+        Self {
+            generation: generation.unwrap_or(1),
+            now: now.to_string(),
+            list: Vec::new(),
+        }
     }
 
     pub fn set(&mut self, kind: &str, ok: bool, reason: &str, message: impl Into<String>) {

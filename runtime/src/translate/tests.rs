@@ -12,7 +12,11 @@ fn store_from(yaml: &str) -> ObjectStore {
 }
 
 fn options() -> TranslateOptions {
-    TranslateOptions { address: [127, 0, 0, 1].into(), address_pool: None, now: "2026-01-01T00:00:00Z".into() }
+    TranslateOptions {
+        address: [127, 0, 0, 1].into(),
+        address_pool: None,
+        now: "2026-01-01T00:00:00Z".into(),
+    }
 }
 
 const BASE: &str = r#"
@@ -50,7 +54,11 @@ spec:
 "#;
 
 fn status_of<'a>(t: &'a Translation, kind: &str, name: &str) -> &'a serde_json::Value {
-    &t.statuses.iter().find(|s| s.kind == kind && s.name == name).expect("status present").status
+    &t.statuses
+        .iter()
+        .find(|s| s.kind == kind && s.name == name)
+        .expect("status present")
+        .status
 }
 
 #[test]
@@ -62,11 +70,21 @@ fn route_attaches_and_backends_resolve_to_ready_endpoints() {
     assert_eq!(listener.routes.len(), 1);
     let backends = &listener.routes[0].rules[0].backends;
     assert_eq!(backends[0].cluster.as_deref(), Some("ns/web:8080"));
-    assert_eq!(backends[1].cluster, None, "a missing Service resolves to nothing (500 share)");
+    assert_eq!(
+        backends[1].cluster, None,
+        "a missing Service resolves to nothing (500 share)"
+    );
     let cluster = &t.snapshot.clusters["ns/web:8080"];
     assert_eq!(cluster.protocol, UpstreamProtocol::H2c);
-    assert_eq!(cluster.endpoints, vec!["10.0.0.1:3000".parse().expect("addr")], "not-ready endpoints are skipped");
-    assert_eq!(t.snapshot.balancer.clusters["ns/web:8080"].endpoints, vec!["10.0.0.1:3000".to_string()]);
+    assert_eq!(
+        cluster.endpoints,
+        vec!["10.0.0.1:3000".parse().expect("addr")],
+        "not-ready endpoints are skipped"
+    );
+    assert_eq!(
+        t.snapshot.balancer.clusters["ns/web:8080"].endpoints,
+        vec!["10.0.0.1:3000".to_string()]
+    );
 }
 
 #[test]
@@ -76,7 +94,10 @@ fn status_reports_listener_and_route_conditions() {
     assert_eq!(gateway["conditions"][0]["type"], "Accepted");
     assert_eq!(gateway["conditions"][0]["status"], "True");
     assert_eq!(gateway["listeners"][0]["attachedRoutes"], 1);
-    assert_eq!(gateway["listeners"][1]["conditions"][0]["reason"], "UnsupportedProtocol");
+    assert_eq!(
+        gateway["listeners"][1]["conditions"][0]["reason"],
+        "UnsupportedProtocol"
+    );
     let route = status_of(&t, "HTTPRoute", "route");
     let conditions = &route["parents"][0]["conditions"];
     assert_eq!(conditions[0]["reason"], "Accepted");
@@ -97,7 +118,10 @@ fn foreign_gateway_class_is_left_alone() {
 
 #[test]
 fn section_name_that_does_not_exist_is_no_matching_parent() {
-    let yaml = BASE.replace("parentRefs: [{name: gw}]", "parentRefs: [{name: gw, sectionName: nope}]");
+    let yaml = BASE.replace(
+        "parentRefs: [{name: gw}]",
+        "parentRefs: [{name: gw, sectionName: nope}]",
+    );
     let t = translate(&store_from(&yaml), &options());
     let route = status_of(&t, "HTTPRoute", "route");
     assert_eq!(route["parents"][0]["conditions"][0]["reason"], "NoMatchingParent");

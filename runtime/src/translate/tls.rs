@@ -24,7 +24,9 @@ pub fn certified_key(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("tls.key is not a supported key type (RSA, ECDSA P-256/P-384, Ed25519): {e}"))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| format!("tls.key does not match the certificate in tls.crt: {e}"))?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("tls.key does not match the certificate in tls.crt: {e}"))?;
     Ok(Arc::new(certified))
 }
 
@@ -32,7 +34,10 @@ fn secret_value(secret: &Secret, key: &str) -> Result<Vec<u8>, String> {
     if let Some(plain) = secret.string_data.get(key) {
         return Ok(plain.as_bytes().to_vec());
     }
-    let encoded = secret.data.get(key).ok_or_else(|| format!("the Secret has no `{key}` entry"))?;
+    let encoded = secret
+        .data
+        .get(key)
+        .ok_or_else(|| format!("the Secret has no `{key}` entry"))?;
     base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|e| format!("`data.{key}` is not valid base64: {e}"))

@@ -273,6 +273,8 @@ impl FilterInstance {
         self.check_open(ctx)?;
         let headers = ex.request_headers.len() as i32;
         let timeout = self.call_timeout;
+        // Only a resume made during this callback folds into its action; keep earlier ones.
+        let earlier = std::mem::take(&mut self.store.data_mut().actions.resume_request);
         let action = self.invoke(Phase::RequestHeaders, ctx, Some(ex), timeout, |store, cb| {
             match &cb.on_request_headers {
                 Some(f) => f.call(store, (ctx as i32, headers, end_of_stream as i32)),
@@ -281,7 +283,9 @@ impl FilterInstance {
         })?;
         self.complete_deferred();
         let actions = &mut self.store.data_mut().actions;
-        Ok(fold(action, &mut actions.resume_request))
+        let action = fold(action, &mut actions.resume_request);
+        actions.resume_request |= earlier;
+        Ok(action)
     }
 
     /// Runs `proxy_on_response_headers` on context `ctx` over `ex` (the response headers may be
@@ -295,6 +299,8 @@ impl FilterInstance {
         self.check_open(ctx)?;
         let headers = ex.response_headers.len() as i32;
         let timeout = self.call_timeout;
+        // Only a resume made during this callback folds into its action; keep earlier ones.
+        let earlier = std::mem::take(&mut self.store.data_mut().actions.resume_response);
         let action = self.invoke(Phase::ResponseHeaders, ctx, Some(ex), timeout, |store, cb| {
             match &cb.on_response_headers {
                 Some(f) => f.call(store, (ctx as i32, headers, end_of_stream as i32)),
@@ -303,7 +309,9 @@ impl FilterInstance {
         })?;
         self.complete_deferred();
         let actions = &mut self.store.data_mut().actions;
-        Ok(fold(action, &mut actions.resume_response))
+        let action = fold(action, &mut actions.resume_response);
+        actions.resume_response |= earlier;
+        Ok(action)
     }
 
     /// Ends context `ctx`: `proxy_on_done`, then, if it returns true, `proxy_on_log` and
@@ -423,6 +431,9 @@ impl FilterInstance {
 
     /// Finishes contexts that called `proxy_done` during the last callback.
     fn complete_deferred(&mut self) {
+        if self.broken {
+            return;
+        }
         while let Some(ctx) = self.store.data_mut().done_requested.pop() {
             let state = self.store.data_mut();
             state.pending_done.remove(&ctx);
@@ -465,9 +476,9 @@ fn log_and_delete(store: &mut Store<HostState>, cb: &Callbacks, ctx: u32) -> was
 }
 
 /// The action of a header callback: proxy-wasm `CONTINUE` is 0 and anything else stops, as in
-/// the C++ host; a stop the filter already resumed (`resumed`) is a continue.
+/// the C++ host; a stop the filter resumed during the same callback (`resumed`) is a continue.
 fn fold(action: i32, resumed: &mut bool) -> FilterAction {
-    // Always take the flag: a resume only applies to the callback it was made in.
+    // The flag is consumed either way: that resume is now reflected in the action.
     let resumed = std::mem::take(resumed);
     if action == 0 || resumed {
         FilterAction::Continue

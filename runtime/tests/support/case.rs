@@ -124,11 +124,7 @@ impl CaseRequest {
             Some(h) if !h.is_empty() => format!(" host={h}"),
             _ => String::new(),
         };
-        let name = self
-            .case_name
-            .as_deref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
+        let name = self.case_name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
         format!(
             "request {} [{} {}://…:{}{}{}{}]{}",
             self.id,
@@ -137,10 +133,7 @@ impl CaseRequest {
             self.listener_port,
             self.path(),
             host,
-            self.protocol
-                .as_deref()
-                .map(|p| format!(" {p}"))
-                .unwrap_or_default(),
+            self.protocol.as_deref().map(|p| format!(" {p}")).unwrap_or_default(),
             name
         )
     }
@@ -293,18 +286,13 @@ pub fn split_ns_name<'a>(s: &'a str, default_ns: &'a str) -> (&'a str, &'a str) 
 pub fn cases_dir() -> PathBuf {
     match std::env::var_os("TIDEGATE_CONFORMANCE_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/conformance"
-        ))
-        .join("gateway-api"),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance")).join("gateway-api"),
     }
 }
 
 /// Every `*.json` case in `dir`, sorted by file name.
 pub fn load_cases(dir: &Path) -> Result<Vec<Case>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -313,10 +301,8 @@ pub fn load_cases(dir: &Path) -> Result<Vec<Case>, String> {
     paths
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            serde_json::from_str::<Case>(&text)
-                .map_err(|e| format!("{} is not a valid case: {e}", path.display()))
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str::<Case>(&text).map_err(|e| format!("{} is not a valid case: {e}", path.display()))
         })
         .collect()
 }

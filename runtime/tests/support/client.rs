@@ -71,20 +71,19 @@ async fn send_inner(req: &ClientRequest) -> Result<ClientResponse, String> {
     match &req.tls {
         None => exchange(TokioIo::new(tcp), req).await,
         Some(tls) => {
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls config: {e}"))?
-            .with_root_certificates(tls.roots.clone())
-            .with_no_client_auth();
+            let mut config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("tls config: {e}"))?
+                    .with_root_certificates(tls.roots.clone())
+                    .with_no_client_auth();
             config.alpn_protocols = if req.http2 {
                 vec![b"h2".to_vec()]
             } else {
                 vec![b"http/1.1".to_vec()]
             };
-            let server_name = ServerName::try_from(tls.sni.clone())
-                .map_err(|e| format!("invalid SNI {:?}: {e}", tls.sni))?;
+            let server_name =
+                ServerName::try_from(tls.sni.clone()).map_err(|e| format!("invalid SNI {:?}: {e}", tls.sni))?;
             let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
                 .connect(server_name, tcp)
                 .await
@@ -116,14 +115,11 @@ async fn exchange<IO>(io: IO, req: &ClientRequest) -> Result<ClientResponse, Str
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let method =
-        Method::from_bytes(req.method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
+    let method = Method::from_bytes(req.method.as_bytes()).map_err(|e| format!("bad method: {e}"))?;
     let mut headers = HeaderMap::new();
     for (name, value) in &req.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("bad header name {name:?}: {e}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|e| format!("bad header value {value:?}: {e}"))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("bad header name {name:?}: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("bad header value {value:?}: {e}"))?;
         // Go's Header.Set: one value per name.
         headers.insert(name, value);
     }
@@ -132,11 +128,10 @@ where
         let uri: Uri = format!("{}://{}{}", req.scheme(), req.host, req.path)
             .parse()
             .map_err(|e| format!("bad :authority/path {:?}{:?}: {e}", req.host, req.path))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, Empty<Bytes>>(io)
-                .await
-                .map_err(|e| format!("HTTP/2 handshake: {}", chain(&e)))?;
+        let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {}", chain(&e)))?;
         let _task = AbortOnDrop(tokio::spawn(async move {
             let _ = connection.await;
         }));
@@ -153,10 +148,7 @@ where
             .map_err(|e| format!("HTTP/2 request: {}", chain(&e)))?;
         collect(response).await?
     } else {
-        let uri: Uri = req
-            .path
-            .parse()
-            .map_err(|e| format!("bad path {:?}: {e}", req.path))?;
+        let uri: Uri = req.path.parse().map_err(|e| format!("bad path {:?}: {e}", req.path))?;
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .handshake::<_, Empty<Bytes>>(io)
@@ -170,8 +162,7 @@ where
             .uri(uri)
             .body(Empty::new())
             .map_err(|e| format!("request: {e}"))?;
-        let host = HeaderValue::from_str(&req.host)
-            .map_err(|e| format!("bad Host {:?}: {e}", req.host))?;
+        let host = HeaderValue::from_str(&req.host).map_err(|e| format!("bad Host {:?}: {e}", req.host))?;
         request.headers_mut().insert(http::header::HOST, host);
         for (name, value) in headers {
             if let Some(name) = name {
@@ -190,9 +181,7 @@ where
     Ok(response)
 }
 
-async fn collect(
-    response: http::Response<hyper::body::Incoming>,
-) -> Result<ClientResponse, String> {
+async fn collect(response: http::Response<hyper::body::Incoming>) -> Result<ClientResponse, String> {
     let (parts, body) = response.into_parts();
     let body = body
         .collect()

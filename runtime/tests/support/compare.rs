@@ -82,18 +82,11 @@ impl Observed {
             .and_then(|v| v.first())
             .is_some_and(|ct| ct == "application/json");
         let (echoed, body_hint) = if is_json {
-            let echoed: Echoed = serde_json::from_slice(&resp.body).map_err(|e| {
-                format!(
-                    "unexpected error reading response (status {}): {e}",
-                    resp.status
-                )
-            })?;
+            let echoed: Echoed = serde_json::from_slice(&resp.body)
+                .map_err(|e| format!("unexpected error reading response (status {}): {e}", resp.status))?;
             (echoed, String::new())
         } else {
-            let hint: String = String::from_utf8_lossy(&resp.body)
-                .chars()
-                .take(200)
-                .collect();
+            let hint: String = String::from_utf8_lossy(&resp.body).chars().take(200).collect();
             (
                 Echoed {
                     method: sent_method.to_owned(),
@@ -125,12 +118,7 @@ pub fn is_redirect_status(code: u16) -> bool {
 }
 
 /// Upstream's comparison; `Err` carries the first mismatch.
-pub fn compare(
-    sent: &Sent,
-    obs: &Observed,
-    exp: &Expect,
-    location: Option<&str>,
-) -> Result<(), String> {
+pub fn compare(sent: &Sent, obs: &Observed, exp: &Expect, location: Option<&str>) -> Result<(), String> {
     let statuses = exp.statuses();
     if is_timeout_status(obs.status) && statuses.iter().any(|s| is_timeout_status(*s)) {
         return Ok(());
@@ -138,10 +126,7 @@ pub fn compare(
     if !statuses.contains(&obs.status) {
         let mut msg = format!("expected status {statuses:?}, got {}", obs.status);
         if obs.is_echo {
-            msg.push_str(&format!(
-                " from pod {:?} (path {:?})",
-                obs.echoed.pod, obs.echoed.path
-            ));
+            msg.push_str(&format!(" from pod {:?} (path {:?})", obs.echoed.pod, obs.echoed.path));
         } else if !obs.body_hint.trim().is_empty() {
             msg.push_str(&format!(" body {:?}", obs.body_hint.trim()));
         }
@@ -171,17 +156,11 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
     if let Some(host) = exp.host_at_backend.as_deref().filter(|h| !h.is_empty())
         && host != echoed.host
     {
-        return Err(format!(
-            "expected host at backend {host:?}, got {:?}",
-            echoed.host
-        ));
+        return Err(format!("expected host at backend {host:?}, got {:?}", echoed.host));
     }
     let path = exp.path_at_backend.as_deref().unwrap_or(&sent.path);
     if path != echoed.path {
-        return Err(format!(
-            "expected path at backend {path:?}, got {:?}",
-            echoed.path
-        ));
+        return Err(format!("expected path at backend {path:?}, got {:?}", echoed.path));
     }
     let method = exp
         .method_at_backend
@@ -194,11 +173,7 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
             echoed.method
         ));
     }
-    let namespace = exp
-        .backend
-        .as_ref()
-        .and_then(|b| b.namespace.as_deref())
-        .unwrap_or("");
+    let namespace = exp.backend.as_ref().and_then(|b| b.namespace.as_deref()).unwrap_or("");
     if namespace != echoed.namespace {
         return Err(format!(
             "expected namespace {namespace:?}, got {:?}{}",
@@ -252,9 +227,7 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
             Some(values) => {
                 let got = values.join(",");
                 if squash(&got) != squash(want) {
-                    return Err(format!(
-                        "expected response header {name}: {want:?}, got {got:?}"
-                    ));
+                    return Err(format!("expected response header {name}: {want:?}, got {got:?}"));
                 }
             }
         }
@@ -278,9 +251,7 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
     }
     for name in &exp.absent_response_headers {
         if let Some(values) = obs.header(name) {
-            return Err(format!(
-                "expected response header {name} to be absent, got {values:?}"
-            ));
+            return Err(format!("expected response header {name} to be absent, got {values:?}"));
         }
     }
     for name in &exp.absent_headers {
@@ -290,11 +261,7 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
             ));
         }
     }
-    let prefix = exp
-        .backend
-        .as_ref()
-        .and_then(|b| b.name.as_deref())
-        .unwrap_or("");
+    let prefix = exp.backend.as_ref().and_then(|b| b.name.as_deref()).unwrap_or("");
     if !echoed.pod.starts_with(prefix) {
         return Err(format!(
             "expected pod name to start with {prefix:?}, got {:?}",
@@ -304,12 +271,7 @@ fn compare_backend(sent: &Sent, obs: &Observed, exp: &Expect) -> Result<(), Stri
     Ok(())
 }
 
-fn compare_redirect(
-    sent: &Sent,
-    obs: &Observed,
-    exp: &Expect,
-    location: Option<&str>,
-) -> Result<(), String> {
+fn compare_redirect(sent: &Sent, obs: &Observed, exp: &Expect, location: Option<&str>) -> Result<(), String> {
     let Some(want) = &exp.redirect else {
         return Ok(());
     };
@@ -319,11 +281,7 @@ fn compare_redirect(
     let base_path = sent.path.split('?').next().unwrap_or("/");
     let got = resolve_location(&sent.scheme, &sent.url_host, base_path, location)?;
 
-    let want_host = want
-        .host
-        .as_deref()
-        .filter(|h| !h.is_empty())
-        .unwrap_or(&got.hostname);
+    let want_host = want.host.as_deref().filter(|h| !h.is_empty()).unwrap_or(&got.hostname);
     if want_host != got.hostname {
         return Err(format!(
             "expected redirect host {want_host:?}, got {:?} (Location {location:?})",
@@ -355,22 +313,14 @@ fn compare_redirect(
             }
         }
     }
-    let want_scheme = want
-        .scheme
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(&sent.scheme);
+    let want_scheme = want.scheme.as_deref().filter(|s| !s.is_empty()).unwrap_or(&sent.scheme);
     if want_scheme != got.scheme {
         return Err(format!(
             "expected redirect scheme {want_scheme:?}, got {:?} (Location {location:?})",
             got.scheme
         ));
     }
-    let want_path = want
-        .path
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .unwrap_or(base_path);
+    let want_path = want.path.as_deref().filter(|p| !p.is_empty()).unwrap_or(base_path);
     if want_path != got.path {
         return Err(format!(
             "expected redirect path {want_path:?}, got {:?} (Location {location:?})",
@@ -447,9 +397,7 @@ fn split_scheme(s: &str) -> Option<(&str, &str)> {
     let scheme = &s[..colon];
     let mut chars = scheme.chars();
     let first = chars.next()?;
-    if !first.is_ascii_alphabetic()
-        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
-    {
+    if !first.is_ascii_alphabetic() || !chars.all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.') {
         return None;
     }
     Some((scheme, &s[colon + 1..]))
@@ -542,10 +490,7 @@ mod tests {
     fn echo(pod: &str, ns: &str, path: &str) -> Observed {
         Observed {
             status: 200,
-            headers: BTreeMap::from([(
-                "content-type".to_owned(),
-                vec!["application/json".to_owned()],
-            )]),
+            headers: BTreeMap::from([("content-type".to_owned(), vec!["application/json".to_owned()])]),
             is_echo: true,
             echoed: Echoed {
                 path: path.into(),
@@ -587,10 +532,7 @@ mod tests {
         assert!(err.contains("expected status [504], got 500"), "{err}");
         exp.status = None;
         obs.status = 404;
-        assert!(
-            compare(&sent("/"), &obs, &exp, None).is_err(),
-            "default is [200]"
-        );
+        assert!(compare(&sent("/"), &obs, &exp, None).is_err(), "default is [200]");
         // Non-2xx, non-redirect statuses check nothing else.
         exp.status = Some(vec![404]);
         exp.backend = Some(BackendRef {
@@ -702,8 +644,7 @@ mod tests {
     #[test]
     fn request_headers_case_insensitive_and_joined() {
         let mut exp = expect_backend(None, "ns", "/");
-        exp.request_headers_at_backend =
-            BTreeMap::from([("x-header-add-append".to_owned(), "a,b".to_owned())]);
+        exp.request_headers_at_backend = BTreeMap::from([("x-header-add-append".to_owned(), "a,b".to_owned())]);
         let mut obs = echo("p-1-2", "ns", "/");
         obs.echoed
             .headers
@@ -729,12 +670,9 @@ mod tests {
         let mut obs = echo("p-1-2", "ns", "/");
         obs.headers
             .insert("x-header-add".into(), vec!["some".into(), "more".into()]);
-        obs.headers.insert(
-            "access-control-allow-methods".into(),
-            vec!["GET, OPTIONS".into()],
-        );
-        exp.response_headers =
-            BTreeMap::from([("X-Header-Add".to_owned(), "some,more".to_owned())]);
+        obs.headers
+            .insert("access-control-allow-methods".into(), vec!["GET, OPTIONS".into()]);
+        exp.response_headers = BTreeMap::from([("X-Header-Add".to_owned(), "some,more".to_owned())]);
         assert!(compare(&sent("/"), &obs, &exp, None).is_ok());
 
         exp.response_header_alternatives = BTreeMap::from([(

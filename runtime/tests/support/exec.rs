@@ -63,10 +63,7 @@ pub fn prepare(
     let uuid = util::random_uuid();
     let mut path = req.path().replace("{UUID}", &uuid);
     let mut expect = exp.clone();
-    expect.path_at_backend = exp
-        .path_at_backend
-        .as_ref()
-        .map(|p| p.replace("{UUID}", &uuid));
+    expect.path_at_backend = exp.path_at_backend.as_ref().map(|p| p.replace("{UUID}", &uuid));
     if let Some(id) = mirror_id {
         path = with_query_param(&path, MIRROR_ID_PARAM, id);
         expect.path_at_backend = expect
@@ -83,10 +80,7 @@ pub fn prepare(
     let tls = if scheme == "https" {
         let sni = match req.sni.as_deref() {
             Some(s) if !s.is_empty() => s.to_owned(),
-            _ => host
-                .rsplit_once(':')
-                .map_or(host.as_str(), |(h, _)| h)
-                .to_owned(),
+            _ => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h).to_owned(),
         };
         Some(TlsTarget {
             sni,
@@ -95,10 +89,7 @@ pub fn prepare(
     } else {
         None
     };
-    let http2 = matches!(
-        req.protocol.as_deref(),
-        Some("H2") | Some("H2C_PRIOR_KNOWLEDGE")
-    );
+    let http2 = matches!(req.protocol.as_deref(), Some("H2") | Some("H2C_PRIOR_KNOWLEDGE"));
 
     let mut headers: Vec<(String, String)> = req
         .headers
@@ -158,11 +149,7 @@ pub async fn attempt(
 
 /// Upstream's `AwaitConvergence`: `f` must pass `threshold` times in a row within `max`; a
 /// failure waits a second before retrying. `Err` carries the last failure.
-pub async fn await_convergence<F, Fut>(
-    threshold: u32,
-    max: Duration,
-    mut f: F,
-) -> Result<u32, String>
+pub async fn await_convergence<F, Fut>(threshold: u32, max: Duration, mut f: F) -> Result<u32, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -206,15 +193,9 @@ pub async fn run_request(fx: &Fixture, req: &CaseRequest, exp: &Expect) -> Resul
         .cloned()
         .collect();
     let mirror_id = (!plain_mirrors.is_empty()).then(util::random_uuid);
-    await_convergence(
-        REQUIRED_CONSECUTIVE_SUCCESSES,
-        MAX_TIME_TO_CONSISTENCY,
-        || async {
-            attempt(fx, req, exp, mirror_id.as_deref(), &[])
-                .await
-                .map(|_| ())
-        },
-    )
+    await_convergence(REQUIRED_CONSECUTIVE_SUCCESSES, MAX_TIME_TO_CONSISTENCY, || async {
+        attempt(fx, req, exp, mirror_id.as_deref(), &[]).await.map(|_| ())
+    })
     .await?;
     if let Some(id) = &mirror_id {
         let path = with_query_param(req.path(), MIRROR_ID_PARAM, id);
@@ -225,21 +206,13 @@ pub async fn run_request(fx: &Fixture, req: &CaseRequest, exp: &Expect) -> Resul
 }
 
 /// Every mirror Service must have logged the request to `path` (within the request timeout).
-pub async fn check_mirrors(
-    fx: &Fixture,
-    path: &str,
-    mirrors: &[MirrorRef],
-    default_ns: &str,
-) -> Result<(), String> {
+pub async fn check_mirrors(fx: &Fixture, path: &str, mirrors: &[MirrorRef], default_ns: &str) -> Result<(), String> {
     let marker = echo_log_marker(path);
     for m in mirrors {
         let ns = m.namespace.as_deref().unwrap_or(default_ns);
         let pods = fx.pods_of_service(ns, &m.name);
         if pods.is_empty() {
-            return Err(format!(
-                "mirror target {ns}/{}: no echo pods behind it",
-                m.name
-            ));
+            return Err(format!("mirror target {ns}/{}: no echo pods behind it", m.name));
         }
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
@@ -261,9 +234,7 @@ pub async fn check_mirrors(
 /// How many stdout lines of `pods` contain `marker` (the path is followed by " to client", so
 /// a longer path with the same prefix does not count).
 pub fn count_log_lines(pods: &[&EchoPod], marker: &str) -> usize {
-    pods.iter()
-        .map(|p| p.proc.stdout.count(|l| l.contains(marker)))
-        .sum()
+    pods.iter().map(|p| p.proc.stdout.count(|l| l.contains(marker))).sum()
 }
 
 #[cfg(test)]

@@ -35,10 +35,7 @@ pub async fn run(fx: &Fixture, case: &Case, check: &ExtraCheck) -> Result<(), St
     }
 }
 
-fn template<'a>(
-    case: &'a Case,
-    check: &ExtraCheck,
-) -> Result<(&'a CaseRequest, &'a Expect), String> {
+fn template<'a>(case: &'a Case, check: &ExtraCheck) -> Result<(&'a CaseRequest, &'a Expect), String> {
     let id = check.request_template_id.unwrap_or(0);
     let req = case
         .requests
@@ -69,10 +66,7 @@ async fn entropy() -> Vec<(String, String)> {
         tokio::time::sleep(Duration::from_millis(util::random_below(1000))).await;
     }
     if choice != 0 {
-        vec![(
-            "X-Jitter".to_owned(),
-            util::random_below(10_000).to_string(),
-        )]
+        vec![("X-Jitter".to_owned(), util::random_below(10_000).to_string())]
     } else {
         Vec::new()
     }
@@ -195,12 +189,7 @@ async fn backend_header_matches(
 }
 
 /// Is `count` mirrored copies out of `total` consistent with `percent`%?
-pub fn mirror_count_within(
-    count: usize,
-    total: u32,
-    percent: f64,
-    std_devs: f64,
-) -> Result<(), String> {
+pub fn mirror_count_within(count: usize, total: u32, percent: f64, std_devs: f64) -> Result<(), String> {
     let n = f64::from(total);
     let p = (percent / 100.0).clamp(0.0, 1.0);
     let mean = n * p;
@@ -217,12 +206,7 @@ pub fn mirror_count_within(
     }
 }
 
-async fn mirror_percentage(
-    fx: &Fixture,
-    check: &ExtraCheck,
-    req: &CaseRequest,
-    exp: &Expect,
-) -> Result<(), String> {
+async fn mirror_percentage(fx: &Fixture, check: &ExtraCheck, req: &CaseRequest, exp: &Expect) -> Result<(), String> {
     let total = check.total_requests.unwrap_or(500);
     let concurrency = check.concurrency.unwrap_or(10).max(1) as usize;
     let max_attempts = check.max_attempts.unwrap_or(5).max(1);
@@ -251,10 +235,7 @@ async fn mirror_percentage(
             let ns = m.namespace.as_deref().unwrap_or(gw_ns);
             let pods = fx.pods_of_service(ns, &m.name);
             if pods.is_empty() {
-                return Err(format!(
-                    "mirror target {ns}/{}: no echo pods behind it",
-                    m.name
-                ));
+                return Err(format!("mirror target {ns}/{}: no echo pods behind it", m.name));
             }
             // Mirrored copies are asynchronous: wait until the count stops moving (≤ 10 s).
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -268,8 +249,7 @@ async fn mirror_percentage(
                     stable_since = Instant::now();
                 }
             }
-            if let Err(e) = mirror_count_within(count, total, m.percent.unwrap_or(100.0), std_devs)
-            {
+            if let Err(e) = mirror_count_within(count, total, m.percent.unwrap_or(100.0), std_devs) {
                 failure = Some(format!("mirror {ns}/{} for {}: {e}", m.name, req.path()));
                 break;
             }
@@ -288,32 +268,21 @@ mod tests {
 
     #[test]
     fn backend_names_drop_two_suffixes() {
-        assert_eq!(
-            backend_of_pod("infra-backend-v1-7d9f8c6b5-x2k4q"),
-            "infra-backend-v1"
-        );
+        assert_eq!(backend_of_pod("infra-backend-v1-7d9f8c6b5-x2k4q"), "infra-backend-v1");
         assert_eq!(backend_of_pod("a-b"), "a-b");
         assert_eq!(backend_of_pod(""), "");
     }
 
     #[test]
     fn distribution_rules() {
-        let expected = BTreeMap::from([
-            ("v1".to_owned(), 0.7),
-            ("v2".to_owned(), 0.3),
-            ("v3".to_owned(), 0.0),
-        ]);
+        let expected = BTreeMap::from([("v1".to_owned(), 0.7), ("v2".to_owned(), 0.3), ("v3".to_owned(), 0.0)]);
         let seen = BTreeMap::from([("v1".to_owned(), 352), ("v2".to_owned(), 148)]);
         assert_eq!(evaluate_distribution(&seen, 500, &expected, 0.05), Ok(()));
         let skewed = BTreeMap::from([("v1".to_owned(), 400), ("v2".to_owned(), 100)]);
         assert!(evaluate_distribution(&skewed, 500, &expected, 0.05).is_err());
         let missing = BTreeMap::from([("v1".to_owned(), 500)]);
         assert!(evaluate_distribution(&missing, 500, &expected, 0.05).is_err());
-        let zero_seen = BTreeMap::from([
-            ("v1".to_owned(), 350),
-            ("v2".to_owned(), 149),
-            ("v3".to_owned(), 1),
-        ]);
+        let zero_seen = BTreeMap::from([("v1".to_owned(), 350), ("v2".to_owned(), 149), ("v3".to_owned(), 1)]);
         assert!(
             evaluate_distribution(&zero_seen, 500, &expected, 0.05).is_err(),
             "a zero-weight backend must not be seen"

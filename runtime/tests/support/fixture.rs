@@ -59,10 +59,7 @@ impl ObjKey {
     fn of(object: &Value) -> ObjKey {
         ObjKey {
             kind: object["kind"].as_str().unwrap_or("").to_owned(),
-            namespace: object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
+            namespace: object["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
             name: object["metadata"]["name"].as_str().unwrap_or("").to_owned(),
         }
     }
@@ -89,14 +86,18 @@ pub struct Fixture {
 impl Fixture {
     /// Writes the case's objects, starts its echo backends and publishes their EndpointSlices.
     pub async fn prepare(case: &Case) -> Result<Fixture, String> {
-        let root = tempfile::Builder::new()
+        let mut root = tempfile::Builder::new()
             .prefix("tidegate-conformance-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        // TIDEGATE_CONFORMANCE_KEEP=1 keeps each case's config directory for inspection.
+        if std::env::var_os("TIDEGATE_CONFORMANCE_KEEP").is_some() {
+            root.disable_cleanup(true);
+            super::runner::say(&format!("  {}: config in {}", case.name, root.path().display()));
+        }
         let config_dir = root.path().join("config");
         std::fs::create_dir(&config_dir).map_err(|e| format!("config dir: {e}"))?;
-        std::fs::create_dir(root.path().join("staging"))
-            .map_err(|e| format!("staging dir: {e}"))?;
+        std::fs::create_dir(root.path().join("staging")).map_err(|e| format!("staging dir: {e}"))?;
         let ca = TestCa::new()?;
         let mut fx = Fixture {
             config_dir,
@@ -149,8 +150,7 @@ impl Fixture {
                 ));
             }
             let sans = sans_from_description(&generated.how).unwrap_or_else(|| {
-                let mut sans: Vec<String> =
-                    case.requests.iter().filter_map(|r| r.sni.clone()).collect();
+                let mut sans: Vec<String> = case.requests.iter().filter_map(|r| r.sni.clone()).collect();
                 sans.push("*".into());
                 sans.sort();
                 sans.dedup();
@@ -172,9 +172,7 @@ impl Fixture {
         }
         let key = ObjKey::of(m);
         for listener in m["spec"]["listeners"].as_array().into_iter().flatten() {
-            if let Some(port) = listener["port"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
+            if let Some(port) = listener["port"].as_u64().and_then(|p| u16::try_from(p).ok())
                 && !self.listener_ports.contains(&port)
             {
                 self.listener_ports.push(port);
@@ -205,15 +203,9 @@ impl Fixture {
             Some(path) => path.clone(),
             None => {
                 self.seq += 1;
-                let mut stem = format!(
-                    "{:03}-{}-{}-{}",
-                    self.seq, key.kind, key.namespace, key.name
-                )
-                .to_ascii_lowercase()
-                .replace(
-                    |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.',
-                    "_",
-                );
+                let mut stem = format!("{:03}-{}-{}-{}", self.seq, key.kind, key.namespace, key.name)
+                    .to_ascii_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.', "_");
                 stem.truncate(120);
                 self.config_dir.join(format!("{stem}.yaml"))
             }
@@ -224,8 +216,7 @@ impl Fixture {
             .join("staging")
             .join(path.file_name().unwrap_or_default());
         std::fs::write(&staging, yaml).map_err(|e| format!("write {}: {e}", staging.display()))?;
-        std::fs::rename(&staging, &path)
-            .map_err(|e| format!("rename into {}: {e}", path.display()))?;
+        std::fs::rename(&staging, &path).map_err(|e| format!("rename into {}: {e}", path.display()))?;
         self.files.insert(key, path);
         Ok(())
     }
@@ -236,9 +227,10 @@ impl Fixture {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        let path = self.files.remove(&key).ok_or_else(|| {
-            format!("step deletes {kind} {namespace}/{name}, which was never written")
-        })?;
+        let path = self
+            .files
+            .remove(&key)
+            .ok_or_else(|| format!("step deletes {kind} {namespace}/{name}, which was never written"))?;
         std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))
     }
 
@@ -270,28 +262,19 @@ impl Fixture {
                     .unwrap_or("");
                 self.delete_object(kind, ns, name)
             }
-            other => Err(format!(
-                "unsupported step action {other:?} (step {})",
-                step.step
-            )),
+            other => Err(format!("unsupported step action {other:?} (step {})", step.step)),
         }
     }
 
     async fn start_echoes(&mut self, manifests: &[Value]) -> Result<(), String> {
-        let services: Vec<&Value> = manifests
-            .iter()
-            .filter(|m| m["kind"] == "Service")
-            .collect();
+        let services: Vec<&Value> = manifests.iter().filter(|m| m["kind"] == "Service").collect();
         let mut pending = Vec::new();
         for d in manifests.iter().filter(|m| m["kind"] == "Deployment") {
             let key = ObjKey::of(d);
             let labels = &d["spec"]["template"]["metadata"]["labels"];
             let service = services
                 .iter()
-                .find(|s| {
-                    ObjKey::of(s).namespace == key.namespace
-                        && selects(&s["spec"]["selector"], labels)
-                })
+                .find(|s| ObjKey::of(s).namespace == key.namespace && selects(&s["spec"]["selector"], labels))
                 .map(|s| ObjKey::of(s).name)
                 .unwrap_or_default();
             let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1);
@@ -334,15 +317,8 @@ impl Fixture {
     /// One EndpointSlice per (Service, selected pod): address 127.0.0.1, ports named like the
     /// Service's ports, numbered with the port that pod really listens on. Manual slices shipped
     /// empty are filled with the infra-backend-v1 pods of their namespace, as upstream does.
-    fn write_endpoint_slices(
-        &mut self,
-        manifests: &[Value],
-        manual: &[Value],
-    ) -> Result<(), String> {
-        let deployments: Vec<&Value> = manifests
-            .iter()
-            .filter(|m| m["kind"] == "Deployment")
-            .collect();
+    fn write_endpoint_slices(&mut self, manifests: &[Value], manual: &[Value]) -> Result<(), String> {
+        let deployments: Vec<&Value> = manifests.iter().filter(|m| m["kind"] == "Deployment").collect();
         let mut slices = Vec::new();
         for svc in manifests.iter().filter(|m| m["kind"] == "Service") {
             let key = ObjKey::of(svc);
@@ -352,9 +328,7 @@ impl Fixture {
             }
             for d in &deployments {
                 let dkey = ObjKey::of(d);
-                if dkey.namespace != key.namespace
-                    || !selects(selector, &d["spec"]["template"]["metadata"]["labels"])
-                {
+                if dkey.namespace != key.namespace || !selects(selector, &d["spec"]["template"]["metadata"]["labels"]) {
                     continue;
                 }
                 for (i, pod) in self
@@ -417,13 +391,7 @@ impl Fixture {
                         Some(out)
                     })
                     .collect();
-                let mut slice = endpoint_slice(
-                    &format!("{}-{i}", key.name),
-                    &key.namespace,
-                    &service,
-                    pod,
-                    ports,
-                );
+                let mut slice = endpoint_slice(&format!("{}-{i}", key.name), &key.namespace, &service, pod, ports);
                 if let Some(labels) = m["metadata"]["labels"].as_object() {
                     slice["metadata"]["labels"] = json!(labels);
                 }
@@ -449,11 +417,7 @@ impl Fixture {
         let manifests = &self.manifests;
         let selector = manifests
             .iter()
-            .find(|m| {
-                m["kind"] == "Service"
-                    && ObjKey::of(m).namespace == namespace
-                    && ObjKey::of(m).name == name
-            })
+            .find(|m| m["kind"] == "Service" && ObjKey::of(m).namespace == namespace && ObjKey::of(m).name == name)
             .map(|s| s["spec"]["selector"].clone());
         let deployments: Vec<String> = manifests
             .iter()
@@ -484,11 +448,16 @@ impl Fixture {
         let mut last_err = String::new();
         for _ in 0..3 {
             self.tidegate = None;
+            self.port_offset = self.choose_offset()?;
+            let taken: Vec<u16> = self
+                .listener_ports
+                .iter()
+                .map(|p| p.saturating_add(self.port_offset))
+                .collect();
             self.admin = SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::LOCALHOST,
-                util::free_tcp_port().map_err(|e| format!("admin port: {e}"))?,
+                util::free_port_below_ephemeral(&taken).ok_or("no free admin port")?,
             ));
-            self.port_offset = self.choose_offset()?;
             let args = vec![
                 "run".to_owned(),
                 "--config-dir".to_owned(),
@@ -500,8 +469,8 @@ impl Fixture {
                 "--port-offset".to_owned(),
                 self.port_offset.to_string(),
             ];
-            let proc = Proc::spawn("tidegate run", &util::tidegate_bin(), &args, Some(400))
-                .map_err(|e| e.to_string())?;
+            let proc =
+                Proc::spawn("tidegate run", &util::tidegate_bin(), &args, Some(400)).map_err(|e| e.to_string())?;
             self.tidegate = Some(proc);
             match self.wait_ready().await {
                 Ok(()) => return Ok(()),
@@ -517,23 +486,23 @@ impl Fixture {
         Err(last_err)
     }
 
-    /// An offset that puts every listener port of the case on a currently free port.
+    /// An offset that puts every listener port of the case on a currently free port, below
+    /// the kernel's ephemeral range (32768+) so client connections cannot take those ports
+    /// between the check and tidegate's bind.
     fn choose_offset(&self) -> Result<u16, String> {
-        let max = self.listener_ports.iter().copied().max().unwrap_or(0);
-        let span = 60_000u64
-            .saturating_sub(u64::from(max))
-            .saturating_sub(20_000);
+        const LOW: u64 = 10_000;
+        const HIGH: u64 = 32_768;
+        let max = u64::from(self.listener_ports.iter().copied().max().unwrap_or(0));
+        let span = HIGH.saturating_sub(max).saturating_sub(LOW);
         if span == 0 {
-            return Err(format!(
-                "listener port {max} leaves no room for a port offset"
-            ));
+            return Err(format!("listener port {max} leaves no room for a port offset"));
         }
         for _ in 0..100 {
-            let offset = 20_000 + util::random_below(span) as u16;
-            let ok = self.listener_ports.iter().all(|p| {
-                let real = p + offset;
-                real != self.admin.port() && util::tcp_port_free(real)
-            });
+            let offset = u16::try_from(LOW + util::random_below(span)).unwrap_or(10_000);
+            let ok = self
+                .listener_ports
+                .iter()
+                .all(|p| util::tcp_port_free(p.saturating_add(offset)));
             if ok {
                 return Ok(offset);
             }
@@ -558,14 +527,8 @@ impl Fixture {
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
-                let tail = self
-                    .tidegate
-                    .as_ref()
-                    .map(|p| p.output_tail(25))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "tidegate not ready within {READY_TIMEOUT:?} ({last}); {tail}"
-                ));
+                let tail = self.tidegate.as_ref().map(|p| p.output_tail(25)).unwrap_or_default();
+                return Err(format!("tidegate not ready within {READY_TIMEOUT:?} ({last}); {tail}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -583,10 +546,7 @@ impl Fixture {
             headers: Vec::new(),
         };
         let resp = client::send(&req, Duration::from_secs(5)).await?;
-        Ok((
-            resp.status,
-            String::from_utf8_lossy(&resp.body).into_owned(),
-        ))
+        Ok((resp.status, String::from_utf8_lossy(&resp.body).into_owned()))
     }
 
     pub async fn fetch_status(&self) -> Result<StatusDoc, String> {
@@ -604,14 +564,11 @@ impl Fixture {
             port.saturating_add(self.port_offset),
         ))
     }
-
 }
 
 /// Replaces the upstream placeholders in a manifest.
 fn substitute(manifest: &Value) -> Value {
-    let text = manifest
-        .to_string()
-        .replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS);
+    let text = manifest.to_string().replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS);
     serde_json::from_str(&text).unwrap_or_else(|_| manifest.clone())
 }
 
@@ -653,13 +610,7 @@ fn target_port(service_port: &Value, deployment: &Value) -> Option<i64> {
     }
 }
 
-fn endpoint_slice(
-    name: &str,
-    namespace: &str,
-    service: &str,
-    pod: &EchoPod,
-    ports: Vec<Value>,
-) -> Value {
+fn endpoint_slice(name: &str, namespace: &str, service: &str, pod: &EchoPod, ports: Vec<Value>) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -706,14 +657,8 @@ mod tests {
         assert!(!selects(&json!({}), &labels));
         assert!(!selects(&Value::Null, &labels));
         let d = json!({"spec": {"template": {"spec": {"containers": [{"ports": [{"name": "web", "containerPort": 3000}]}]}}}});
-        assert_eq!(
-            target_port(&json!({"port": 8080, "targetPort": 3001}), &d),
-            Some(3001)
-        );
-        assert_eq!(
-            target_port(&json!({"port": 8080, "targetPort": "web"}), &d),
-            Some(3000)
-        );
+        assert_eq!(target_port(&json!({"port": 8080, "targetPort": 3001}), &d), Some(3001));
+        assert_eq!(target_port(&json!({"port": 8080, "targetPort": "web"}), &d), Some(3000));
         assert_eq!(target_port(&json!({"port": 3000}), &d), Some(3000));
     }
 

@@ -52,16 +52,11 @@ impl Lines {
         buf.lines.iter().find(|l| pred(l)).cloned()
     }
 
-    /// The last `n` lines, joined with newlines.
-    pub fn tail(&self, n: usize) -> String {
+    /// The last `n` lines, joined with `sep`.
+    pub fn tail(&self, n: usize, sep: &str) -> String {
         let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let skip = buf.lines.len().saturating_sub(n);
-        buf.lines
-            .iter()
-            .skip(skip)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        buf.lines.iter().skip(skip).cloned().collect::<Vec<_>>().join(sep)
     }
 }
 
@@ -91,12 +86,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .env("TIDEGATE_LOG_FORMAT", "text")
             .spawn()
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot start {name} ({}): {e}", program.display()),
-                )
-            })?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {name} ({}): {e}", program.display())))?;
         let stdout = Lines::new(stdout_cap);
         let stderr = Lines::new(Some(400));
         let mut readers = Vec::new();
@@ -122,11 +112,7 @@ impl Proc {
 
     /// Waits (polling, up to `timeout`) for a stdout line satisfying `pred`. Fails early when
     /// the process exits.
-    pub async fn wait_for_stdout(
-        &mut self,
-        pred: impl Fn(&str) -> bool,
-        timeout: Duration,
-    ) -> Result<String, String> {
+    pub async fn wait_for_stdout(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.stdout.find(&pred) {
@@ -155,24 +141,22 @@ impl Proc {
         }
     }
 
-    /// The last lines of stderr and stdout, for failure messages.
+    /// The last lines of stderr and stdout on one line, for failure messages.
     pub fn output_tail(&self, n: usize) -> String {
-        let err = self.stderr.tail(n);
-        let out = self.stdout.tail(n.min(5));
-        let mut text = String::new();
+        let err = self.stderr.tail(n, " | ");
+        let out = self.stdout.tail(n.min(5), " | ");
+        let mut parts = Vec::new();
         if !err.is_empty() {
-            text.push_str(&format!("[stderr] {}", err.replace('\n', "\n    ")));
+            parts.push(format!("[stderr] {err}"));
         }
         if !out.is_empty() {
-            if !text.is_empty() {
-                text.push_str(" | ");
-            }
-            text.push_str(&format!("[stdout] {}", out.replace('\n', "\n    ")));
+            parts.push(format!("[stdout] {out}"));
         }
-        if text.is_empty() {
-            text.push_str("(no output)");
+        if parts.is_empty() {
+            "(no output)".to_owned()
+        } else {
+            parts.join(" ")
         }
-        text
     }
 }
 

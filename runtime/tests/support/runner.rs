@@ -75,16 +75,13 @@ async fn drive(case: &Case) -> Result<(), String> {
         }
     }
 
-    let mut fx = Fixture::prepare(case)
-        .await
-        .map_err(|e| format!("setup: {e}"))?;
+    let mut fx = Fixture::prepare(case).await.map_err(|e| format!("setup: {e}"))?;
     fx.start_tidegate().await?;
 
     check_status(&fx, case).await?;
 
     let all_steps: Vec<_> = case.steps.iter().chain(&case.later_steps).collect();
-    let mut step_numbers: BTreeSet<u32> =
-        case.requests.iter().map(|r| r.step.unwrap_or(0)).collect();
+    let mut step_numbers: BTreeSet<u32> = case.requests.iter().map(|r| r.step.unwrap_or(0)).collect();
     step_numbers.extend(all_steps.iter().map(|s| s.step));
     for step in step_numbers {
         for s in all_steps.iter().filter(|s| s.step == step) {
@@ -125,8 +122,7 @@ async fn check_status(fx: &Fixture, case: &Case) -> Result<(), String> {
     loop {
         let outcome = match fx.fetch_status().await {
             Ok(doc) => case.status_checks.iter().try_for_each(|c| {
-                status::evaluate(c, &doc, &spec)
-                    .map_err(|e| format!("status check {}: {e}", c.check))
+                status::evaluate(c, &doc, &spec).map_err(|e| format!("status check {}: {e}", c.check))
             }),
             Err(e) => Err(format!("status: {e}")),
         };
@@ -161,13 +157,12 @@ pub fn expected_pass_file() -> PathBuf {
 pub async fn run_suite() -> Result<(Vec<CaseResult>, Vec<String>), String> {
     let dir = cases_dir();
     let cases = load_cases(&dir)?;
-    let filter: Option<BTreeSet<String>> =
-        std::env::var("TIDEGATE_CONFORMANCE_CASES").ok().map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        });
+    let filter: Option<BTreeSet<String>> = std::env::var("TIDEGATE_CONFORMANCE_CASES").ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
     if let Some(filter) = &filter {
         for name in filter {
             if !cases.iter().any(|c| &c.name == name) {
@@ -189,15 +184,13 @@ pub async fn run_suite() -> Result<(Vec<CaseResult>, Vec<String>), String> {
 
     let mut results = Vec::new();
     for case in selected {
-        let start = Instant::now();
         let outcome = run_case(case).await;
-        let seconds = start.elapsed().as_secs_f64();
         let (result, reason, line) = match &outcome {
             Outcome::Pass => ("pass", String::new(), format!("PASS {}", case.name)),
             Outcome::Fail(r) => ("fail", r.clone(), format!("FAIL {}: {r}", case.name)),
             Outcome::Skip(r) => ("skip", r.clone(), format!("SKIP {}: {r}", case.name)),
         };
-        say(&format!("{line} ({seconds:.1}s)"));
+        say(&line.replace('\n', " | "));
         results.push(CaseResult {
             name: case.name.clone(),
             result,
@@ -223,9 +216,7 @@ pub async fn run_suite() -> Result<(Vec<CaseResult>, Vec<String>), String> {
             Some(r) => missing.push(format!("{name} ({}: {})", r.result, r.reason)),
             // Not run: filtered out, or not in an overriding directory. With the shipped
             // suite and no filter, a listed name must exist.
-            None if filter.is_none() && default_dir => {
-                missing.push(format!("{name} (no such case)"))
-            }
+            None if filter.is_none() && default_dir => missing.push(format!("{name} (no such case)")),
             None => {}
         }
     }
@@ -253,8 +244,7 @@ mod tests {
     fn expected_pass_file_parses() {
         let names = parse_expected_pass("# header\nA\n  B  # why\n\n#C\n");
         assert_eq!(names, vec!["A".to_owned(), "B".to_owned()]);
-        let shipped =
-            std::fs::read_to_string(expected_pass_file()).expect("expected-pass file exists");
+        let shipped = std::fs::read_to_string(expected_pass_file()).expect("expected-pass file exists");
         assert!(!parse_expected_pass(&shipped).is_empty());
     }
 }

@@ -37,9 +37,9 @@ pub struct StatusObject {
 impl StatusDoc {
     fn find(&self, kind_pred: impl Fn(&str) -> bool, ns_name: &str) -> Option<&StatusObject> {
         let (ns, name) = split_ns_name(ns_name, "default");
-        self.objects.iter().find(|o| {
-            kind_pred(&o.kind) && o.name == name && o.namespace.as_deref().unwrap_or("") == ns
-        })
+        self.objects
+            .iter()
+            .find(|o| kind_pred(&o.kind) && o.name == name && o.namespace.as_deref().unwrap_or("") == ns)
     }
 
     fn gateway(&self, ns_name: &str) -> Option<&StatusObject> {
@@ -55,11 +55,7 @@ impl StatusDoc {
 pub type SpecListeners<'a> = &'a dyn Fn(&str) -> Option<Vec<String>>;
 
 /// Evaluates one check; `Err` says what is missing.
-pub fn evaluate(
-    check: &StatusCheck,
-    doc: &StatusDoc,
-    spec_listeners: SpecListeners<'_>,
-) -> Result<(), String> {
+pub fn evaluate(check: &StatusCheck, doc: &StatusDoc, spec_listeners: SpecListeners<'_>) -> Result<(), String> {
     match check.check.as_str() {
         "gateway_listeners_ready_and_routes_accepted" => {
             let gw = check.gateway.as_deref().ok_or("check has no gateway")?;
@@ -117,11 +113,7 @@ fn describe_condition(c: Option<&Value>) -> String {
 }
 
 /// Every listener has ResolvedRefs, Accepted and Programmed True; the Gateway has an address.
-fn gateway_ready(
-    doc: &StatusDoc,
-    gw: &str,
-    spec_listeners: Option<Vec<String>>,
-) -> Result<(), String> {
+fn gateway_ready(doc: &StatusDoc, gw: &str, spec_listeners: Option<Vec<String>>) -> Result<(), String> {
     let object = doc
         .gateway(gw)
         .ok_or_else(|| format!("Gateway {gw} is not in /status"))?;
@@ -133,10 +125,7 @@ fn gateway_ready(
         .unwrap_or(&[]);
     let names: Vec<String> = match spec_listeners {
         Some(names) => names,
-        None => listeners
-            .iter()
-            .map(|l| str_field(l, "name").to_owned())
-            .collect(),
+        None => listeners.iter().map(|l| str_field(l, "name").to_owned()).collect(),
     };
     if names.is_empty() {
         return Err(format!("Gateway {gw} has no listener status"));
@@ -180,15 +169,9 @@ fn parents_for<'a>(route_obj: &'a StatusObject, gw: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|p| {
             let r = p.get("parentRef").unwrap_or(&Value::Null);
-            let group = r
-                .get("group")
-                .and_then(Value::as_str)
-                .unwrap_or(GATEWAY_GROUP);
+            let group = r.get("group").and_then(Value::as_str).unwrap_or(GATEWAY_GROUP);
             let kind = r.get("kind").and_then(Value::as_str).unwrap_or("Gateway");
-            let ns = r
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or(route_ns);
+            let ns = r.get("namespace").and_then(Value::as_str).unwrap_or(route_ns);
             (group == GATEWAY_GROUP || group.is_empty())
                 && kind == "Gateway"
                 && ns == gw_ns
@@ -236,12 +219,7 @@ fn parent_refs_summary(route_obj: &StatusObject) -> String {
 
 /// The route has a parent status for `gw` (per section name, if listed) with Accepted=True
 /// reason Accepted, written by tidegate's controller.
-fn route_accepted(
-    doc: &StatusDoc,
-    route: &str,
-    gw: &str,
-    section_names: &[String],
-) -> Result<(), String> {
+fn route_accepted(doc: &StatusDoc, route: &str, gw: &str, section_names: &[String]) -> Result<(), String> {
     let object = doc
         .route(route)
         .ok_or_else(|| format!("route {route} is not in /status"))?;
@@ -267,9 +245,7 @@ fn route_accepted(
         let ok = candidates.iter().any(|p| {
             let c = condition(p, "Accepted");
             str_field(p, "controllerName") == CONTROLLER_NAME
-                && c.is_some_and(|c| {
-                    str_field(c, "status") == "True" && str_field(c, "reason") == "Accepted"
-                })
+                && c.is_some_and(|c| str_field(c, "status") == "True" && str_field(c, "reason") == "Accepted")
         });
         if !ok {
             return Err(format!(
@@ -282,12 +258,7 @@ fn route_accepted(
     Ok(())
 }
 
-fn route_parent_condition(
-    doc: &StatusDoc,
-    route: &str,
-    parent: &str,
-    want: &Condition,
-) -> Result<(), String> {
+fn route_parent_condition(doc: &StatusDoc, route: &str, parent: &str, want: &Condition) -> Result<(), String> {
     let object = doc
         .route(route)
         .ok_or_else(|| format!("route {route} is not in /status"))?;
@@ -328,11 +299,7 @@ fn route_has_no_accepted_parents(doc: &StatusDoc, route: &str) -> Result<(), Str
         .unwrap_or(&[]);
     match parents {
         [] => Ok(()),
-        [only]
-            if condition(only, "Accepted").is_some_and(|c| str_field(c, "status") == "False") =>
-        {
-            Ok(())
-        }
+        [only] if condition(only, "Accepted").is_some_and(|c| str_field(c, "status") == "False") => Ok(()),
         _ => Err(format!(
             "route {route}: expected no parents or one parent with Accepted=False; parents: {}",
             parent_refs_summary(object)
@@ -441,9 +408,8 @@ mod tests {
         let mut gw = ready_gateway();
         gw["status"]["addresses"] = json!([]);
         let d4 = doc(json!([gw, route(json!([]))]));
-        let only_gw = check(
-            json!({"check": "gateway_listeners_ready_and_routes_accepted", "gateway": "infra/gw", "routes": []}),
-        );
+        let only_gw =
+            check(json!({"check": "gateway_listeners_ready_and_routes_accepted", "gateway": "infra/gw", "routes": []}));
         assert!(
             evaluate(&only_gw, &d4, &no_spec)
                 .expect_err("address")
@@ -476,16 +442,11 @@ mod tests {
     #[test]
     fn no_accepted_parents_and_zero_routes() {
         let c = check(json!({"check": "route_has_no_accepted_parents", "route": "infra/r"}));
-        assert_eq!(
-            evaluate(&c, &doc(json!([route(json!([]))])), &no_spec),
-            Ok(())
-        );
+        assert_eq!(evaluate(&c, &doc(json!([route(json!([]))])), &no_spec), Ok(()));
         assert_eq!(evaluate(&c, &doc(json!([])), &no_spec), Ok(()));
-        let rejected = json!([{"parentRef": {"name": "gw"}, "conditions": [cond("Accepted", "False", "NoMatchingParent")]}]);
-        assert_eq!(
-            evaluate(&c, &doc(json!([route(rejected)])), &no_spec),
-            Ok(())
-        );
+        let rejected =
+            json!([{"parentRef": {"name": "gw"}, "conditions": [cond("Accepted", "False", "NoMatchingParent")]}]);
+        assert_eq!(evaluate(&c, &doc(json!([route(rejected)])), &no_spec), Ok(()));
         let accepted = json!([{"parentRef": {"name": "gw"}, "conditions": [cond("Accepted", "True", "Accepted")]}]);
         assert!(evaluate(&c, &doc(json!([route(accepted)])), &no_spec).is_err());
 

@@ -13,9 +13,7 @@ pub fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     hasher.write_u128(nanos);
     hasher.write_u32(std::process::id());
     hasher.finish()
@@ -53,10 +51,13 @@ pub fn tcp_port_free(port: u16) -> bool {
     TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-/// A port that was free a moment ago (bind to port 0, read it, release it).
-pub fn free_tcp_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+/// A currently free port in 10000..32768 (below Linux's ephemeral range, so outgoing
+/// connections cannot grab it before the intended owner binds it), not in `exclude`.
+pub fn free_port_below_ephemeral(exclude: &[u16]) -> Option<u16> {
+    (0..200).find_map(|_| {
+        let port = u16::try_from(10_000 + random_below(22_768)).ok()?;
+        (!exclude.contains(&port) && tcp_port_free(port)).then_some(port)
+    })
 }
 
 /// The cargo target directory of this build (honours `CARGO_TARGET_DIR`): the directory above

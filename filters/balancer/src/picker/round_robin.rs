@@ -57,10 +57,7 @@ mod tests {
             counts[rr.pick(&eps).expect("endpoints exist")] += 1;
         }
         // Wrapping past u64::MAX shifts the cycle once; the spread stays within one.
-        assert!(
-            counts.iter().all(|&c| (199..=201).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (199..=201).contains(&c)), "{counts:?}");
     }
 
     #[test]

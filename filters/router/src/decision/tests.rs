@@ -69,22 +69,14 @@ impl<'a> Req<'a> {
     }
 
     fn pairs(&self) -> Vec<(String, Vec<u8>)> {
-        let host = if self.host.is_empty() {
-            GATEWAY_ADDR
-        } else {
-            self.host
-        };
+        let host = if self.host.is_empty() { GATEWAY_ADDR } else { self.host };
         let mut pairs = vec![
             (":method".to_string(), self.method.as_bytes().to_vec()),
             (":scheme".to_string(), b"http".to_vec()),
             (":authority".to_string(), host.as_bytes().to_vec()),
             (":path".to_string(), self.path.as_bytes().to_vec()),
         ];
-        pairs.extend(
-            self.headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
-        );
+        pairs.extend(self.headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
         pairs
     }
 
@@ -152,12 +144,7 @@ impl<'a> Expect<'a> {
     fn absent(self, absent: &'a [&'a str]) -> Self {
         Expect { absent, ..self }
     }
-    fn response(
-        self,
-        set_by_backend: Pairs<'a>,
-        expected: Pairs<'a>,
-        absent: &'a [&'a str],
-    ) -> Self {
+    fn response(self, set_by_backend: Pairs<'a>, expected: Pairs<'a>, absent: &'a [&'a str]) -> Self {
         Expect {
             response: Some((set_by_backend, expected, absent)),
             ..self
@@ -206,11 +193,7 @@ fn check(router: &Router, cases: &[(Req<'_>, Expect<'_>)]) {
                         "{what}: host at backend"
                     );
                 }
-                assert_eq!(
-                    folded(&at_backend, ":method").as_deref(),
-                    Some(req.method),
-                    "{what}"
-                );
+                assert_eq!(folded(&at_backend, ":method").as_deref(), Some(req.method), "{what}");
                 for (name, value) in expect.headers {
                     assert_eq!(
                         folded(&at_backend, name).as_deref(),
@@ -260,10 +243,7 @@ fn http_route_simple_same_namespace() {
     let Decision::Forward(fwd) = r.decide(&get("/").build(), 0) else {
         panic!("must forward")
     };
-    assert_eq!(
-        fwd.route,
-        "gateway-conformance-infra/gateway-conformance-infra-test/0"
-    );
+    assert_eq!(fwd.route, "gateway-conformance-infra/gateway-conformance-infra-test/0");
 }
 
 #[test]
@@ -346,19 +326,10 @@ fn http_route_header_matching() {
         &[
             (get("/").headers(&[("Version", "one")]), to(v1)),
             (get("/").headers(&[("Version", "two")]), to(v2)),
-            (
-                get("/").headers(&[("Version", "two"), ("Color", "orange")]),
-                to(v1),
-            ),
-            (
-                get("/").headers(&[("Version", "two"), ("Color", "blue")]),
-                to(v2),
-            ),
+            (get("/").headers(&[("Version", "two"), ("Color", "orange")]), to(v1)),
+            (get("/").headers(&[("Version", "two"), ("Color", "blue")]), to(v2)),
             (get("/").headers(&[("Color", "orange")]), status(404)),
-            (
-                get("/").headers(&[("Some-Other-Header", "one")]),
-                status(404),
-            ),
+            (get("/").headers(&[("Some-Other-Header", "one")]), status(404)),
             (get("/").headers(&[("Color", "blue")]), to(v1)),
             (get("/").headers(&[("Color", "green")]), to(v1)),
             (get("/").headers(&[("Color", "red")]), to(v2)),
@@ -393,28 +364,14 @@ fn http_route_method_matching() {
             (get("/"), to(v2)),
             (get("/").method("HEAD"), status(404)),
             (get("/path1"), to(v1)),
-            (
-                get("/").method("PUT").headers(&[("version", "one")]),
-                to(v2),
-            ),
-            (
-                get("/path2").method("POST").headers(&[("version", "two")]),
-                to(v3),
-            ),
+            (get("/").method("PUT").headers(&[("version", "one")]), to(v2)),
+            (get("/path2").method("POST").headers(&[("version", "two")]), to(v3)),
             (get("/path3").method("PATCH"), to(v1)),
-            (
-                get("/path4")
-                    .method("DELETE")
-                    .headers(&[("version", "three")]),
-                to(v1),
-            ),
+            (get("/path4").method("DELETE").headers(&[("version", "three")]), to(v1)),
             (get("/").method("PUT"), status(404)),
             (get("/path4").method("DELETE"), status(404)),
             (get("/path5").method("PATCH"), to(v1)),
-            (
-                get("/").method("PATCH").headers(&[("version", "four")]),
-                to(v2),
-            ),
+            (get("/").method("PATCH").headers(&[("version", "four")]), to(v2)),
         ],
     );
 }
@@ -469,22 +426,10 @@ fn http_route_listener_hostname_matching() {
     check(
         &r,
         &[
-            (
-                get("/").host("bar.com"),
-                to("infra-backend-v1").host("bar.com"),
-            ),
-            (
-                get("/").host("foo.bar.com"),
-                to("infra-backend-v2").host("foo.bar.com"),
-            ),
-            (
-                get("/").host("baz.bar.com"),
-                to("infra-backend-v3").host("baz.bar.com"),
-            ),
-            (
-                get("/").host("boo.bar.com"),
-                to("infra-backend-v3").host("boo.bar.com"),
-            ),
+            (get("/").host("bar.com"), to("infra-backend-v1").host("bar.com")),
+            (get("/").host("foo.bar.com"), to("infra-backend-v2").host("foo.bar.com")),
+            (get("/").host("baz.bar.com"), to("infra-backend-v3").host("baz.bar.com")),
+            (get("/").host("boo.bar.com"), to("infra-backend-v3").host("boo.bar.com")),
             (
                 get("/").host("multiple.prefixes.bar.com"),
                 to("infra-backend-v3").host("multiple.prefixes.bar.com"),
@@ -544,33 +489,18 @@ fn check_request_header_modifier(r: &Router) {
         &[
             (
                 get("/set").headers(&[("Some-Other-Header", "val")]),
-                to(v1).headers(&[
-                    ("Some-Other-Header", "val"),
-                    ("X-Header-Set", "set-overwrites-values"),
-                ]),
+                to(v1).headers(&[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")]),
             ),
             (
-                get("/set").headers(&[
-                    ("Some-Other-Header", "val"),
-                    ("X-Header-Set", "some-other-value"),
-                ]),
-                to(v1).headers(&[
-                    ("Some-Other-Header", "val"),
-                    ("X-Header-Set", "set-overwrites-values"),
-                ]),
+                get("/set").headers(&[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")]),
+                to(v1).headers(&[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")]),
             ),
             (
                 get("/add").headers(&[("Some-Other-Header", "val")]),
-                to(v1).headers(&[
-                    ("Some-Other-Header", "val"),
-                    ("X-Header-Add", "add-appends-values"),
-                ]),
+                to(v1).headers(&[("Some-Other-Header", "val"), ("X-Header-Add", "add-appends-values")]),
             ),
             (
-                get("/add").headers(&[
-                    ("Some-Other-Header", "val"),
-                    ("X-Header-Add", "some-other-value"),
-                ]),
+                get("/add").headers(&[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")]),
                 to(v1).headers(&[
                     ("Some-Other-Header", "val"),
                     ("X-Header-Add", "some-other-value,add-appends-values"),
@@ -688,24 +618,15 @@ fn http_route_response_header_modifier() {
                 get("/set"),
                 to(v1).response(
                     &[("Some-Other-Header", "val")],
-                    &[
-                        ("Some-Other-Header", "val"),
-                        ("X-Header-Set", "set-overwrites-values"),
-                    ],
+                    &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
                     &[],
                 ),
             ),
             (
                 get("/set"),
                 to(v1).response(
-                    &[
-                        ("Some-Other-Header", "val"),
-                        ("X-Header-Set", "some-other-value"),
-                    ],
-                    &[
-                        ("Some-Other-Header", "val"),
-                        ("X-Header-Set", "set-overwrites-values"),
-                    ],
+                    &[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")],
+                    &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
                     &[],
                 ),
             ),
@@ -713,20 +634,14 @@ fn http_route_response_header_modifier() {
                 get("/add"),
                 to(v1).response(
                     &[("Some-Other-Header", "val")],
-                    &[
-                        ("Some-Other-Header", "val"),
-                        ("X-Header-Add", "add-appends-values"),
-                    ],
+                    &[("Some-Other-Header", "val"), ("X-Header-Add", "add-appends-values")],
                     &[],
                 ),
             ),
             (
                 get("/add"),
                 to(v1).response(
-                    &[
-                        ("Some-Other-Header", "val"),
-                        ("X-Header-Add", "some-other-value"),
-                    ],
+                    &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")],
                     &[
                         ("Some-Other-Header", "val"),
                         ("X-Header-Add", "some-other-value,add-appends-values"),
@@ -856,10 +771,7 @@ fn http_route_redirect_path() {
     let r = router(json!([route(
         "redirect-path",
         json!([
-            redirect_rule(
-                "/original-prefix",
-                json!({"path": pfx("/replacement-prefix")})
-            ),
+            redirect_rule("/original-prefix", json!({"path": pfx("/replacement-prefix")})),
             redirect_rule("/full", json!({"path": full("/full-path-replacement")})),
             redirect_rule(
                 "/path-and-host",
@@ -921,10 +833,7 @@ fn http_route_redirect_port() {
         "redirect-port",
         json!([
             redirect_rule("/port", json!({"port": 8083})),
-            redirect_rule(
-                "/port-and-host",
-                json!({"hostname": "example.org", "port": 8083})
-            ),
+            redirect_rule("/port-and-host", json!({"hostname": "example.org", "port": 8083})),
             redirect_rule("/port-and-status", json!({"port": 8083, "statusCode": 301})),
             redirect_rule(
                 "/port-and-host-and-status",
@@ -962,10 +871,7 @@ fn http_route_redirect_scheme() {
                 "/scheme-and-host",
                 json!({"hostname": "example.org", "scheme": "https"})
             ),
-            redirect_rule(
-                "/scheme-and-status",
-                json!({"scheme": "https", "statusCode": 301})
-            ),
+            redirect_rule("/scheme-and-status", json!({"scheme": "https", "statusCode": 301})),
             redirect_rule(
                 "/scheme-and-host-and-status",
                 json!({"scheme": "https", "statusCode": 302, "hostname": "example.org"})
@@ -1016,10 +922,7 @@ fn http_route_303_and_backend_request_redirect() {
                 get("/see-other").method("POST"),
                 redirect(303, "http://127.0.0.1/see-other"),
             ),
-            (
-                get("/full/original"),
-                redirect(302, "http://127.0.0.1/redirected-full"),
-            ),
+            (get("/full/original"), redirect(302, "http://127.0.0.1/redirected-full")),
             (
                 get("/prefix/original"),
                 redirect(302, "http://127.0.0.1/redirected-prefix/original"),
@@ -1076,10 +979,7 @@ fn http_route_rewrite_host_and_backend_url_rewrite() {
                     ])
                     .absent(&["X-Header-Remove"]),
             ),
-            (
-                get("/full/original"),
-                to("infra-backend-v1").path("/rewritten-full"),
-            ),
+            (get("/full/original"), to("infra-backend-v1").path("/rewritten-full")),
             (
                 get("/prefix/original"),
                 to("infra-backend-v1").path("/rewritten-prefix/original"),
@@ -1229,10 +1129,7 @@ fn hostile_input_never_panics() {
     ];
     for pairs in inputs {
         for port in [None, Some(80), Some(0), Some(u16::MAX)] {
-            let _ = r.decide(
-                &Request::new(port, Some("\u{0}".into()), pairs.clone()),
-                u64::MAX,
-            );
+            let _ = r.decide(&Request::new(port, Some("\u{0}".into()), pairs.clone()), u64::MAX);
         }
     }
     let req = Request::new(

@@ -25,8 +25,7 @@ fn req(port: Option<u16>, host: &str, path: &str) -> Request {
 
 /// `namespace/name/rule` of the match, or `None`.
 fn found(t: &RouteTable, r: &Request) -> Option<String> {
-    t.find(r)
-        .map(|m| format!("{}/{}", m.route.id, m.rule.index))
+    t.find(r).map(|m| format!("{}/{}", m.route.id, m.rule.index))
 }
 
 fn route(name: &str, hostnames: Value, rules: Value) -> Value {
@@ -60,9 +59,7 @@ fn listener_hostname_matching_case() {
         ("", None),
     ];
     for (host, expected) in cases {
-        let got = t
-            .select_listener(&req(Some(80), host, "/"))
-            .map(|l| l.name.as_str());
+        let got = t.select_listener(&req(Some(80), host, "/")).map(|l| l.name.as_str());
         assert_eq!(got, *expected, "host {host:?}");
         assert_eq!(
             found(&t, &req(Some(80), host, "/")),
@@ -70,8 +67,7 @@ fn listener_hostname_matching_case() {
         );
     }
     assert!(
-        t.select_listener(&req(Some(8080), "bar.com", "/"))
-            .is_none(),
+        t.select_listener(&req(Some(8080), "bar.com", "/")).is_none(),
         "port must match"
     );
 }
@@ -83,10 +79,7 @@ fn longer_wildcard_listener_wins() {
         {"gateway": "g/g", "name": "any", "port": 80, "protocol": "HTTP"},
         l("short", "*.com"), l("long", "*.example.com")
     ]}));
-    let name = |host: &str| {
-        t.select_listener(&req(Some(80), host, "/"))
-            .map(|l| l.name.clone())
-    };
+    let name = |host: &str| t.select_listener(&req(Some(80), host, "/")).map(|l| l.name.clone());
     assert_eq!(name("a.example.com").as_deref(), Some("long"));
     assert_eq!(name("a.other.com").as_deref(), Some("short"));
     assert_eq!(name("a.org").as_deref(), Some("any"));
@@ -198,36 +191,22 @@ fn ties_go_to_the_oldest_route_then_alphabetical_then_rule_and_match_order() {
         ]})
     };
     let listener = |routes: Vec<Value>| {
-        table(
-            json!({"listeners": [{"gateway": "g/g", "name": "l", "port": 80, "protocol": "HTTP", "routes": routes}]}),
-        )
+        table(json!({"listeners": [{"gateway": "g/g", "name": "l", "port": 80, "protocol": "HTTP", "routes": routes}]}))
     };
     let t = listener(vec![
         r("zz-new", Some("2024-02-01T00:00:00Z")),
         r("aa-newest", None),
         r("mm-old", Some("2024-01-01T00:00:00Z")),
     ]);
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/a")).as_deref(),
-        Some("ns/mm-old/0")
-    );
+    assert_eq!(found(&t, &req(Some(80), "h", "/a")).as_deref(), Some("ns/mm-old/0"));
     let t = listener(vec![
         r("zz", Some("2024-01-01T00:00:00Z")),
         r("aa", Some("2024-01-01T00:00:00Z")),
     ]);
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/a")).as_deref(),
-        Some("ns/aa/0")
-    );
+    assert_eq!(found(&t, &req(Some(80), "h", "/a")).as_deref(), Some("ns/aa/0"));
     let t = listener(vec![r("zz", None), r("aa", None)]);
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/a")).as_deref(),
-        Some("ns/aa/0")
-    );
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/b")).as_deref(),
-        Some("ns/aa/1")
-    );
+    assert_eq!(found(&t, &req(Some(80), "h", "/a")).as_deref(), Some("ns/aa/0"));
+    assert_eq!(found(&t, &req(Some(80), "h", "/b")).as_deref(), Some("ns/aa/1"));
 }
 
 #[test]
@@ -240,14 +219,8 @@ fn precedence_is_across_routes_before_age() {
             {"namespace": "ns", "name": "regex", "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/api/v2/.*"}}], "backends": [{"cluster": "c"}]}]},
         ]}]}),
     );
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/api/v2/x")).as_deref(),
-        Some("ns/new/0")
-    );
-    assert_eq!(
-        found(&t, &req(Some(80), "h", "/api/v1")).as_deref(),
-        Some("ns/old/0")
-    );
+    assert_eq!(found(&t, &req(Some(80), "h", "/api/v2/x")).as_deref(), Some("ns/new/0"));
+    assert_eq!(found(&t, &req(Some(80), "h", "/api/v1")).as_deref(), Some("ns/old/0"));
 }
 
 #[test]
@@ -260,8 +233,5 @@ fn warnings_name_the_route_and_rule() {
     .expect("valid config");
     let (_, warnings) = RouteTable::compile(&config);
     assert_eq!(warnings.len(), 4, "{warnings:?}");
-    assert!(
-        warnings.iter().all(|w| w.starts_with("route ns/r")),
-        "{warnings:?}"
-    );
+    assert!(warnings.iter().all(|w| w.starts_with("route ns/r")), "{warnings:?}");
 }

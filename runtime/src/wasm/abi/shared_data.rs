@@ -29,10 +29,13 @@ pub(crate) const MAX_VALUE: usize = 1024 * 1024;
 /// The most key + value bytes one VM id may store.
 pub(crate) const MAX_BYTES_PER_VM: usize = 64 * 1024 * 1024;
 
-/// One VM id's entries: key → (value, CAS), and their total size.
+/// A value and its CAS number.
+type Entry = (Arc<[u8]>, u32);
+
+/// One VM id's entries, and their total size.
 #[derive(Default)]
 struct VmData {
-    entries: HashMap<Box<[u8]>, (Arc<[u8]>, u32)>,
+    entries: HashMap<Box<[u8]>, Entry>,
     bytes: usize,
 }
 
@@ -51,7 +54,7 @@ fn next_cas() -> u32 {
 }
 
 /// The value and CAS of `key` in `vm_id`'s namespace.
-pub(crate) fn get(vm_id: &str, key: &[u8]) -> Option<(Arc<[u8]>, u32)> {
+pub(crate) fn get(vm_id: &str, key: &[u8]) -> Option<Entry> {
     let store = STORE.read().unwrap_or_else(PoisonError::into_inner);
     store.get(vm_id)?.entries.get(key).cloned()
 }
