@@ -94,18 +94,22 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     );
     let mut out = std::io::stdout().lock();
     print_statuses(&mut out, &translation.statuses)?;
-    let mut failed = !store.errors.is_empty();
+    let mut problems = store.errors.len();
     for error in &store.errors {
         writeln!(out, "ERROR {error}")?;
     }
     for status in &translation.statuses {
         for (_, condition) in false_conditions(&status.status) {
-            failed = true;
+            problems += 1;
             writeln!(out, "ERROR {} {}: {condition}", status.kind, qualified(status))?;
         }
     }
-    writeln!(out, "{} objects, {} errors", store.objects.len(), store.errors.len())?;
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    writeln!(out, "{} objects, {problems} problems", store.objects.len())?;
+    Ok(if problems > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn status(admin: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

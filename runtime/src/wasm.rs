@@ -75,6 +75,7 @@ use wasmtime::{
 };
 
 mod abi;
+mod cache;
 mod codec;
 mod error;
 mod exchange;
@@ -156,6 +157,8 @@ struct RuntimeInner {
     /// Every `(module, name)` the linker defines, for precise missing-import errors.
     provided: HashSet<(String, String)>,
     stop_ticker: Arc<AtomicBool>,
+    /// Compiled modules on disk (see [`cache`]); `None` compiles every time.
+    cache: Option<cache::ModuleCache>,
 }
 
 impl Drop for RuntimeInner {
@@ -232,6 +235,7 @@ impl WasmRuntime {
                 linker,
                 provided,
                 stop_ticker,
+                cache: cache::ModuleCache::default_location(),
             }),
         })
     }
@@ -245,7 +249,11 @@ impl WasmRuntime {
     pub fn load(&self, name: &str, wasm: &[u8]) -> Result<FilterModule, WasmError> {
         let filter = || name.to_string();
         let sha256 = hex(&Sha256::digest(wasm));
-        let module = Module::new(&self.inner.engine, wasm).map_err(|e| WasmError::Compile {
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, wasm, &sha256),
+            None => Module::new(&self.inner.engine, wasm),
+        };
+        let module = compiled.map_err(|e| WasmError::Compile {
             filter: filter(),
             message: error_chain(&e),
         })?;

@@ -76,7 +76,7 @@ fn json(resp: &ClientResponse) -> Value {
 
 #[tokio::test]
 async fn echoes_the_request_as_echo_basic_does() {
-    let echo = start_echo().await;
+    let mut echo = start_echo().await;
     let mut req = request(echo.http, "/some/path?x=1&y=two");
     req.headers.push(("x-custom-header".into(), "v1".into()));
     let resp = send(&req).await;
@@ -102,8 +102,11 @@ async fn echoes_the_request_as_echo_basic_does() {
     // The log line the mirror checks read.
     let line = echo
         .proc
-        .stdout
-        .find(|l| l.starts_with("Echoing back request made to /some/path?x=1&y=two to client (127.0.0.1:"))
+        .wait_for_stdout(
+            |l| l.starts_with("Echoing back request made to /some/path?x=1&y=two to client (127.0.0.1:"),
+            Duration::from_secs(5),
+        )
+        .await
         .expect("log line for the request");
     assert!(line.ends_with(')'), "{line}");
 

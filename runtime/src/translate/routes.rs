@@ -152,10 +152,21 @@ fn attach(
             ),
         ));
     }
-    let allowed: Vec<usize> = named
-        .iter()
-        .copied()
+    let programmed: Vec<usize> = named
+        .into_iter()
         .filter(|&i| gateway.listeners[i].programmed())
+        .collect();
+    if programmed.is_empty() {
+        return Err((
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "the listeners of Gateway {} this route names are not served (see the Gateway's status.listeners)",
+                gateway.key
+            ),
+        ));
+    }
+    let allowed: Vec<usize> = programmed
+        .into_iter()
         .filter(|&i| gateway.listeners[i].accepts_kind("HTTPRoute"))
         .filter(|&i| namespace_allowed(store, gateway, i, namespace))
         .collect();
