@@ -510,7 +510,7 @@ pub fn parse_go_duration(orig: &str) -> Result<i64, String> {
     let mut total: u64 = 0;
     while !s.is_empty() {
         let bytes = s.as_bytes();
-        if !(bytes[0] == b'.' || bytes[0].is_ascii_digit()) {
+        if !bytes.first().is_some_and(|b| *b == b'.' || b.is_ascii_digit()) {
             return Err(invalid());
         }
         // Integer part.

@@ -72,7 +72,8 @@ pub fn prepare(
     }
 
     let scheme = req.scheme.to_ascii_lowercase();
-    let url_host = calculate_host("127.0.0.1", req.listener_port, &scheme);
+    let gateway_ip = fx.gateway_ip(&req.gateway).to_string();
+    let url_host = calculate_host(&gateway_ip, req.listener_port, &scheme);
     let host = match req.host.as_deref() {
         Some(h) if !h.is_empty() => h.to_owned(),
         _ => url_host.clone(),
@@ -108,7 +109,7 @@ pub fn prepare(
     let method = req.method().to_owned();
     Ok(Prepared {
         client: ClientRequest {
-            connect: fx.listener_addr(req.listener_port),
+            connect: fx.listener_addr(&req.gateway, req.listener_port),
             tls,
             http2,
             host,

@@ -77,6 +77,10 @@ pub struct Fixture {
     seq: usize,
     /// Gateway manifests by `ns/name`, for listener names and ports.
     gateways: BTreeMap<String, Value>,
+    /// Gateways in order of first appearance.
+    gateway_order: Vec<String>,
+    /// The loopback address each Gateway is served on (see `assign_gateway_addresses`).
+    gateway_ips: BTreeMap<String, Ipv4Addr>,
     /// Every Gateway listener port of the case (steps included).
     listener_ports: Vec<u16>,
     /// The case's manifests, placeholders substituted.
@@ -110,6 +114,8 @@ impl Fixture {
             files: BTreeMap::new(),
             seq: 0,
             gateways: BTreeMap::new(),
+            gateway_order: Vec::new(),
+            gateway_ips: BTreeMap::new(),
             listener_ports: Vec::new(),
             manifests: Vec::new(),
         };
@@ -125,6 +131,7 @@ impl Fixture {
         for m in manifests.iter().chain(&step_manifests) {
             fx.note_gateway(m);
         }
+        fx.assign_gateway_addresses();
 
         fx.write_object(&json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
@@ -149,13 +156,15 @@ impl Fixture {
                     generated.kind, generated.name
                 ));
             }
-            let sans = sans_from_description(&generated.how).unwrap_or_else(|| {
-                let mut sans: Vec<String> = case.requests.iter().filter_map(|r| r.sni.clone()).collect();
-                sans.push("*".into());
-                sans.sort();
-                sans.dedup();
-                sans
-            });
+            // The described SANs, plus every SNI the case sends: Go accepts `*.org` for
+            // `example.org`, webpki (rustls) refuses wildcards directly above a top-level
+            // domain, so the names are listed explicitly as well.
+            let mut sans = sans_from_description(&generated.how).unwrap_or_else(|| vec!["*".into()]);
+            for sni in case.requests.iter().filter_map(|r| r.sni.as_ref()) {
+                if !sans.contains(sni) {
+                    sans.push(sni.clone());
+                }
+            }
             let leaf = ca.leaf(&sans)?;
             let ns = generated.namespace.as_deref().unwrap_or("default");
             fx.write_object(&tls_secret(ns, &generated.name, &leaf))?;
@@ -178,8 +187,39 @@ impl Fixture {
                 self.listener_ports.push(port);
             }
         }
-        self.gateways
-            .insert(format!("{}/{}", key.namespace, key.name), m.clone());
+        let id = format!("{}/{}", key.namespace, key.name);
+        if !self.gateway_order.contains(&id) {
+            self.gateway_order.push(id.clone());
+        }
+        self.gateways.insert(id, m.clone());
+    }
+
+    /// Upstream gives every Gateway its own address. Here all share the loopback interface, so
+    /// when two Gateways have a listener on the same port, each Gateway gets its own loopback IP
+    /// (127.0.0.1, 127.0.0.2, … in order of appearance), requested through the Gateway's
+    /// `spec.addresses` (type IPAddress), and requests to that Gateway go to that IP.
+    fn assign_gateway_addresses(&mut self) {
+        self.gateway_ips = gateway_addresses(&self.gateway_order, &self.gateways);
+    }
+
+    /// The loopback address Gateway `ns/name` is served on.
+    pub fn gateway_ip(&self, gw: &str) -> Ipv4Addr {
+        let (ns, name) = split_ns_name(gw, "default");
+        self.gateway_ips
+            .get(&format!("{ns}/{name}"))
+            .copied()
+            .unwrap_or(Ipv4Addr::LOCALHOST)
+    }
+
+    /// A Gateway manifest as written: with `spec.addresses` when it needs its own address.
+    fn gateway_as_written(&self, m: &Value) -> Value {
+        let key = ObjKey::of(m);
+        let ip = self.gateway_ip(&format!("{}/{}", key.namespace, key.name));
+        let mut m = m.clone();
+        if ip != Ipv4Addr::LOCALHOST && m["spec"].get("addresses").is_none() {
+            m["spec"]["addresses"] = json!([{"type": "IPAddress", "value": ip.to_string()}]);
+        }
+        m
     }
 
     /// Listener names of a Gateway as its spec declares them.
@@ -197,6 +237,13 @@ impl Fixture {
 
     /// Writes (or replaces) one object's file, atomically (staged, then renamed).
     fn write_object(&mut self, object: &Value) -> Result<(), String> {
+        let gateway;
+        let object = if object["kind"] == "Gateway" {
+            gateway = self.gateway_as_written(object);
+            &gateway
+        } else {
+            object
+        };
         let key = ObjKey::of(object);
         let yaml = serde_yaml::to_string(object).map_err(|e| format!("YAML for {key:?}: {e}"))?;
         let path = match self.files.get(&key) {
@@ -499,10 +546,15 @@ impl Fixture {
         }
         for _ in 0..100 {
             let offset = u16::try_from(LOW + util::random_below(span)).unwrap_or(10_000);
-            let ok = self
-                .listener_ports
-                .iter()
-                .all(|p| util::tcp_port_free(p.saturating_add(offset)));
+            let ok = self.gateway_order.iter().all(|id| {
+                let ip = self.gateway_ip(id);
+                self.gateways[id]["spec"]["listeners"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+                    .all(|p| util::tcp_port_free(ip, p.saturating_add(offset)))
+            });
             if ok {
                 return Ok(offset);
             }
@@ -557,13 +609,39 @@ impl Fixture {
         serde_json::from_str(&body).map_err(|e| format!("/status is not the expected JSON: {e}"))
     }
 
-    /// Where a listener written as `port` in the Gateway is really bound.
-    pub fn listener_addr(&self, port: u16) -> SocketAddr {
+    /// Where a listener of Gateway `gw` written as `port` is really bound.
+    pub fn listener_addr(&self, gw: &str, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::LOCALHOST,
+            self.gateway_ip(gw),
             port.saturating_add(self.port_offset),
         ))
     }
+}
+
+/// Loopback address per Gateway (`ns/name` in `order`): all 127.0.0.1, unless two Gateways
+/// have a listener on the same port; then the i-th Gateway gets 127.0.0.(i+1).
+fn gateway_addresses(order: &[String], gateways: &BTreeMap<String, Value>) -> BTreeMap<String, Ipv4Addr> {
+    let mut owners: BTreeMap<u64, &str> = BTreeMap::new();
+    let mut shared = false;
+    for id in order {
+        let listeners = gateways.get(id).and_then(|g| g["spec"]["listeners"].as_array());
+        for port in listeners.into_iter().flatten().filter_map(|l| l["port"].as_u64()) {
+            match owners.get(&port) {
+                Some(owner) if *owner != id.as_str() => shared = true,
+                _ => {
+                    owners.insert(port, id);
+                }
+            }
+        }
+    }
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let host = if shared { u8::try_from(i + 1).unwrap_or(1) } else { 1 };
+            (id.clone(), Ipv4Addr::new(127, 0, 0, host))
+        })
+        .collect()
 }
 
 /// Replaces the upstream placeholders in a manifest.
@@ -660,6 +738,22 @@ mod tests {
         assert_eq!(target_port(&json!({"port": 8080, "targetPort": 3001}), &d), Some(3001));
         assert_eq!(target_port(&json!({"port": 8080, "targetPort": "web"}), &d), Some(3000));
         assert_eq!(target_port(&json!({"port": 3000}), &d), Some(3000));
+    }
+
+    #[test]
+    fn gateways_sharing_a_port_get_their_own_address() {
+        let gw = |ports: &[u16]| json!({"spec": {"listeners": ports.iter().map(|p| json!({"name": "l", "port": p})).collect::<Vec<_>>()}});
+        let order = vec!["ns/a".to_owned(), "ns/b".to_owned()];
+        let separate = BTreeMap::from([("ns/a".to_owned(), gw(&[80])), ("ns/b".to_owned(), gw(&[8080]))]);
+        let ips = gateway_addresses(&order, &separate);
+        assert!(ips.values().all(|ip| *ip == Ipv4Addr::LOCALHOST));
+        let shared = BTreeMap::from([("ns/a".to_owned(), gw(&[80, 443])), ("ns/b".to_owned(), gw(&[80]))]);
+        let ips = gateway_addresses(&order, &shared);
+        assert_eq!(ips["ns/a"], Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(ips["ns/b"], Ipv4Addr::new(127, 0, 0, 2));
+        // Two listeners of one Gateway on one port (hostname-split) do not count as sharing.
+        let one = BTreeMap::from([("ns/a".to_owned(), gw(&[80, 80]))]);
+        assert_eq!(gateway_addresses(&order[..1], &one)["ns/a"], Ipv4Addr::LOCALHOST);
     }
 
     #[test]

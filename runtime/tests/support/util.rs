@@ -46,9 +46,9 @@ pub fn random_suffix(len: usize) -> String {
         .collect()
 }
 
-/// True if a TCP listener can be bound on 127.0.0.1:`port` right now.
-pub fn tcp_port_free(port: u16) -> bool {
-    TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok()
+/// True if a TCP listener can be bound on `ip`:`port` right now.
+pub fn tcp_port_free(ip: Ipv4Addr, port: u16) -> bool {
+    TcpListener::bind(SocketAddrV4::new(ip, port)).is_ok()
 }
 
 /// A currently free port in 10000..32768 (below Linux's ephemeral range, so outgoing
@@ -56,7 +56,7 @@ pub fn tcp_port_free(port: u16) -> bool {
 pub fn free_port_below_ephemeral(exclude: &[u16]) -> Option<u16> {
     (0..200).find_map(|_| {
         let port = u16::try_from(10_000 + random_below(22_768)).ok()?;
-        (!exclude.contains(&port) && tcp_port_free(port)).then_some(port)
+        (!exclude.contains(&port) && tcp_port_free(Ipv4Addr::LOCALHOST, port)).then_some(port)
     })
 }
 
