@@ -1,6 +1,9 @@
 //! Builds the standard filters (`filters/router`, `filters/balancer`) for wasm32-wasip1 so the
 //! binary ships them (`include_bytes!` in `src/filters.rs`).
 //!
+//! The example filters under `filters/examples` are built in the same run (a few seconds) and
+//! left in OUT_DIR, whose path the crate's tests read from `TIDEGATE_EXAMPLE_FILTERS`.
+//!
 //! This runs a nested `cargo build` with its own target directory: the outer build holds the lock
 //! on the main one, and the filters need another target and profile anyway.
 
@@ -8,9 +11,14 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// (package, artifact): the standard filters the binary ships, then the example filters the
+/// tests attach through WasmFilter objects (found through `TIDEGATE_EXAMPLE_FILTERS`).
 const FILTERS: &[(&str, &str)] = &[
     ("tidegate-router", "tidegate_router"),
     ("tidegate-balancer", "tidegate_balancer"),
+    ("tidegate-unavailable", "tidegate_unavailable"),
+    ("header-rewrite", "header_rewrite"),
+    ("hostile", "hostile"),
 ];
 
 fn main() {
@@ -67,6 +75,7 @@ fn main() {
         let dest = out_dir.join(format!("{artifact}.wasm"));
         std::fs::copy(&wasm, &dest).unwrap_or_else(|e| panic!("copy {} → {}: {e}", wasm.display(), dest.display()));
     }
+    println!("cargo:rustc-env=TIDEGATE_EXAMPLE_FILTERS={}", out_dir.display());
 }
 
 fn rerun_if_changed_tree(dir: &Path) {

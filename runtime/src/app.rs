@@ -12,6 +12,7 @@ use crate::admin::{self, AdminState};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
 use crate::metrics::Metrics;
+use crate::modules::{ModuleRegistry, ResolvedFilter};
 use crate::proxy::{DataPlane, DataPlaneOptions, Published, Publisher};
 use crate::translate::{self, TranslateOptions};
 use crate::wasm::{SandboxLimits, WasmRuntime};
@@ -33,6 +34,9 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     let router = wasm
         .load("router", crate::filters::ROUTER_WASM)
         .context("loading the standard router filter")?;
+    let unavailable = wasm
+        .load("unavailable", crate::filters::UNAVAILABLE_WASM)
+        .context("loading the standard stand-in for unloadable filters")?;
     let balancer = wasm
         .load("balancer", crate::filters::BALANCER_WASM)
         .context("loading the standard balancer filter")?;
@@ -45,7 +49,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             limits: SandboxLimits::default(),
         },
         &publisher,
-        vec![router, balancer],
+        vec![router, balancer, unavailable],
         metrics.clone(),
     )
     .context("starting worker threads")?;
@@ -67,8 +71,11 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     let translate_options = |now: String| TranslateOptions {
         address: options.listen_address,
         address_pool: options.address_pool,
+        config_dir: Some(options.config_dir.clone()),
         now,
     };
+    let mut modules = ModuleRegistry::new(wasm.clone());
+    let mut current: Option<ObjectStore> = None;
     let mut version = 0u64;
     let mut previous_errors: Vec<ConfigError> = Vec::new();
     let watch = async {
@@ -76,11 +83,22 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let Some(store) = source.poll() else { continue };
+            // A changed directory, or a changed module file of a WasmFilter, makes a new version.
+            let store = match source.poll() {
+                Some(store) => {
+                    log_new_errors(&store, &previous_errors);
+                    previous_errors = store.errors.clone();
+                    current.insert(store)
+                }
+                None => match current.as_mut() {
+                    Some(store) if modules.changed() => store,
+                    _ => continue,
+                },
+            };
             version += 1;
-            log_new_errors(&store, &previous_errors);
-            previous_errors = store.errors.clone();
-            let translation = translate::translate(&store, &translate_options(rfc3339(SystemTime::now())));
+            let mut translation = translate::translate(store, &translate_options(rfc3339(SystemTime::now())));
+            let user_filters = modules.resolve(&translation.snapshot.filters);
+            add_module_conditions(&mut translation.statuses, &user_filters);
             let mut snapshot = translation.snapshot;
             snapshot.version = version;
             tracing::info!(
@@ -91,7 +109,12 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
                 "configuration loaded"
             );
             metrics.config_loaded(version, &store.errors);
-            publisher.publish(Published::new(snapshot, translation.statuses, store.errors));
+            publisher.publish(Published::new(
+                snapshot,
+                user_filters,
+                translation.statuses,
+                store.errors.clone(),
+            ));
         }
     };
     tokio::select! {
@@ -99,6 +122,41 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         _ = shutdown => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// WasmFilter status: ResolvedRefs and Programmed say whether the module loaded.
+fn add_module_conditions(statuses: &mut [translate::ObjectStatus], filters: &[ResolvedFilter]) {
+    for filter in filters {
+        let Some(status) = statuses
+            .iter_mut()
+            .find(|s| s.kind == "WasmFilter" && format!("{}/{}", s.namespace, s.name) == filter.plan.name)
+        else {
+            continue;
+        };
+        let Some(conditions) = status.status["conditions"].as_array_mut() else {
+            continue;
+        };
+        let template = conditions.first().cloned().unwrap_or_default();
+        let (ok, reason, message) = match &filter.module {
+            Ok(module) => (
+                true,
+                "ResolvedRefs",
+                format!("module loaded (sha256 {})", module.sha256()),
+            ),
+            Err(e) => (false, "ModuleNotLoaded", e.clone()),
+        };
+        for (kind, ok_reason) in [
+            ("ResolvedRefs", reason),
+            ("Programmed", if ok { "Programmed" } else { reason }),
+        ] {
+            let mut condition = template.clone();
+            condition["type"] = kind.into();
+            condition["status"] = if ok { "True" } else { "False" }.into();
+            condition["reason"] = ok_reason.into();
+            condition["message"] = message.clone().into();
+            conditions.push(condition);
+        }
+    }
 }
 
 fn log_new_errors(store: &ObjectStore, previous: &[ConfigError]) {

@@ -38,12 +38,34 @@ pub enum Command {
         /// Directory of Kubernetes YAML/JSON.
         dir: PathBuf,
     },
+    /// Filter authoring: `tidegate filter new NAME` scaffolds a filter crate.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Print the computed Gateway API status of a running tidegate as a table.
     Status {
         /// Admin address of the running tidegate.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Scaffold a filter crate (Cargo.toml, src/lib.rs, a test) that builds with tidegate-sdk.
+    New(FilterNewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FilterNewArgs {
+    /// Crate name (also the directory created, unless --dir is given).
+    pub name: String,
+    /// Directory to create (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Path of the tidegate checkout whose sdk/ the crate depends on (default: the one this
+    /// binary was built from).
+    #[arg(long)]
+    pub tidegate_path: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -17,6 +17,7 @@ pub fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Echo(args) => echo(args),
         Command::Validate { dir } => validate(&dir),
         Command::Status { admin } => status(admin),
+        Command::Filter(crate::cli::FilterCommand::New(args)) => crate::scaffold::new_filter(&args),
     }
 }
 
@@ -89,6 +90,7 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         &TranslateOptions {
             address: [0, 0, 0, 0].into(),
             address_pool: None,
+            config_dir: Some(dir.to_path_buf()),
             now: app::rfc3339(std::time::SystemTime::now()),
         },
     );

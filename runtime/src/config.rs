@@ -5,6 +5,7 @@
 pub mod dir;
 pub mod objects;
 pub mod store;
+pub mod wasmfilter;
 
 pub use self::objects::{Object, ObjectKey, ObjectMeta};
 pub use self::store::{ConfigError, ObjectStore};

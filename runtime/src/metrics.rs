@@ -22,6 +22,12 @@ struct FilterLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilterDirectionLabel {
+    filter: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -32,6 +38,7 @@ pub struct Metrics {
     requests_by_class: [Counter; 5],
     connections: Counter,
     filter_failures: Family<FilterLabel, Counter>,
+    body_buffer_limits: Family<FilterDirectionLabel, Counter>,
     config_errors: Family<KindLabel, Counter>,
     config_errors_current: Gauge,
     config_reloads: Counter,
@@ -62,6 +69,12 @@ impl Metrics {
             "filter_failures",
             "Filter calls that trapped, overran their deadline or memory cap, or misbehaved",
             filter_failures.clone(),
+        );
+        let body_buffer_limits = Family::<FilterDirectionLabel, Counter>::default();
+        registry.register(
+            "body_buffer_limit",
+            "Streams failed because a filter made the proxy buffer more body than the limit (request: 413, response: 500 or reset)",
+            body_buffer_limits.clone(),
         );
         let config_errors = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -104,6 +117,7 @@ impl Metrics {
             requests_by_class,
             connections,
             filter_failures,
+            body_buffer_limits,
             config_errors,
             config_errors_current,
             config_reloads,
@@ -126,6 +140,16 @@ impl Metrics {
         self.filter_failures
             .get_or_create(&FilterLabel {
                 filter: filter.to_string(),
+            })
+            .inc();
+    }
+
+    /// A stream went over the body buffer limit for `filter` (`direction`: request or response).
+    pub fn body_buffer_limit(&self, filter: &str, direction: &'static str) {
+        self.body_buffer_limits
+            .get_or_create(&FilterDirectionLabel {
+                filter: filter.to_string(),
+                direction,
             })
             .inc();
     }

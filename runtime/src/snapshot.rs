@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub balancer: BalancerConfig,
     /// How to talk to each cluster the router may choose.
     pub clusters: BTreeMap<String, ClusterPlan>,
+    /// User filters (WasmFilter objects), in chain order.
+    pub filters: Vec<crate::translate::wasmfilters::UserFilterPlan>,
 }
 
 /// What to serve on one port (the Gateway's port, before any `--port-offset`).

@@ -8,6 +8,7 @@ mod gateways;
 mod routes;
 pub mod status;
 mod tls;
+pub mod wasmfilters;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,6 +35,8 @@ pub struct TranslateOptions {
     /// When set, every Gateway without `spec.addresses` gets its own address from this pool,
     /// so several Gateways can serve the same port (as they would on a cluster).
     pub address_pool: Option<AddressPool>,
+    /// Relative `spec.module.file` paths of WasmFilters are resolved against this directory.
+    pub config_dir: Option<std::path::PathBuf>,
     /// RFC 3339 time stamped on conditions as `lastTransitionTime`.
     pub now: String,
 }
@@ -72,6 +75,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
     statuses.extend(gateways.iter().map(|g| g.status(options)));
 
     let (balancer, cluster_plans) = clusters.resolve(store);
+    let filters = wasmfilters::translate_wasm_filters(store, options, &mut statuses);
     Translation {
         snapshot: Snapshot {
             version: 0,
@@ -79,6 +83,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
             router,
             balancer,
             clusters: cluster_plans,
+            filters,
         },
         statuses,
     }

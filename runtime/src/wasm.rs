@@ -29,6 +29,13 @@
 //! ~0.4 µs for a trivial guest making two header hostcalls (test `per_request_overhead`), ~5 µs
 //! for the standard router answering 404 (its own matching included).
 //!
+//! Bodies and trailers: [`on_request_body`](FilterInstance::on_request_body),
+//! [`on_request_trailers`](FilterInstance::on_request_trailers) and their response twins run
+//! over the [`BodyBuffer`] and trailer lists of the exchange; the proxy owns the buffering (a
+//! paused filter is called again with everything buffered) and decides whether to call them at
+//! all: [`FilterModule::body_callbacks`] says, from the module's exports, which ones a filter
+//! has, so a chain without any keeps passing bodies through untouched.
+//!
 //! # Sandbox
 //!
 //! - **CPU time**: each callback gets a deadline ([`SandboxLimits::call_timeout`]), enforced by
@@ -60,8 +67,8 @@
 //! # ABI coverage
 //!
 //! Every v0.2.1 import and all of WASI preview 1 link; what is implemented and what answers a
-//! "not available" status is listed in the `abi` module (HTTP/gRPC callouts, queues, foreign
-//! functions, bodies and trailers are not built yet; ticks are stored but not delivered).
+//! "not available" status is listed in the `abi` module (HTTP/gRPC callouts, queues and foreign
+//! functions are not built yet; ticks are stored but not delivered).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -85,7 +92,7 @@ mod memory;
 
 pub use self::abi::metrics::{HISTOGRAM_BUCKETS, MetricKind, MetricSample, MetricValue, metrics_snapshot};
 pub use self::error::WasmError;
-pub use self::exchange::{HeaderList, HttpExchange, LocalReply, PropertyMap};
+pub use self::exchange::{BodyBuffer, HeaderList, HttpExchange, LocalReply, PropertyMap};
 pub use self::instance::{FilterAction, FilterInstance, StreamActions};
 
 use self::host::HostState;
@@ -260,6 +267,7 @@ impl WasmRuntime {
         check_abi_version(name, &module)?;
         check_imports(name, &module, &self.inner.provided)?;
         check_exports(name, &module)?;
+        let body_callbacks = BodyCallbacks::of(&module);
         let pre = self
             .inner
             .linker
@@ -273,6 +281,7 @@ impl WasmRuntime {
                 name: Arc::from(name),
                 sha256,
                 pre,
+                body_callbacks,
                 runtime: self.inner.clone(),
             }),
         })
@@ -295,7 +304,49 @@ struct ModuleInner {
     name: Arc<str>,
     sha256: String,
     pre: InstancePre<HostState>,
+    body_callbacks: BodyCallbacks,
     runtime: Arc<RuntimeInner>,
+}
+
+/// Which body and trailer callbacks a module exports (checked once, when it is loaded).
+///
+/// A filter without them behaves exactly as if they returned `CONTINUE`, so a proxy whose
+/// chain has none for a direction passes that direction's body through without looking at a
+/// frame. Filters built with the proxy-wasm SDKs (Rust, Go, C++) export every callback through
+/// their dispatcher whether or not the filter overrides them, so for those this says "yes" and
+/// the proxy pays one guest call per frame (see `proxy::chain`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyCallbacks {
+    /// `proxy_on_request_body`.
+    pub request_body: bool,
+    /// `proxy_on_request_trailers`.
+    pub request_trailers: bool,
+    /// `proxy_on_response_body`.
+    pub response_body: bool,
+    /// `proxy_on_response_trailers`.
+    pub response_trailers: bool,
+}
+
+impl BodyCallbacks {
+    fn of(module: &Module) -> Self {
+        let exports = |name: &str| module.get_export(name).is_some();
+        Self {
+            request_body: exports("proxy_on_request_body"),
+            request_trailers: exports("proxy_on_request_trailers"),
+            response_body: exports("proxy_on_response_body"),
+            response_trailers: exports("proxy_on_response_trailers"),
+        }
+    }
+
+    /// Whether the filter has a request body or request trailers callback.
+    pub fn request(&self) -> bool {
+        self.request_body || self.request_trailers
+    }
+
+    /// Whether the filter has a response body or response trailers callback.
+    pub fn response(&self) -> bool {
+        self.response_body || self.response_trailers
+    }
 }
 
 // === impl FilterModule ===
@@ -309,6 +360,11 @@ impl FilterModule {
     /// The SHA-256 of the module's bytes, lowercase hex (what `spec.module.sha256` pins).
     pub fn sha256(&self) -> &str {
         &self.inner.sha256
+    }
+
+    /// The body and trailer callbacks the module exports.
+    pub fn body_callbacks(&self) -> BodyCallbacks {
+        self.inner.body_callbacks
     }
 }
 

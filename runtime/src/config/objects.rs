@@ -67,6 +67,7 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    WasmFilter(WasmFilterObject),
 }
 
 impl Object {
@@ -80,6 +81,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::WasmFilter(o) => &o.metadata,
         }
     }
 
@@ -93,6 +95,7 @@ impl Object {
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::Secret(_) => "Secret",
+            Object::WasmFilter(_) => "WasmFilter",
         }
     }
 
@@ -124,8 +127,18 @@ pub fn known_kind(api_version: &str, kind: &str) -> Option<&'static str> {
         (GATEWAY_GROUP, "Gateway") => "Gateway",
         (GATEWAY_GROUP, "HTTPRoute") => "HTTPRoute",
         (GATEWAY_GROUP, "ReferenceGrant") => "ReferenceGrant",
+        ("tidegate.dev", "WasmFilter") => "WasmFilter",
         _ => return None,
     })
+}
+
+// --- tidegate.dev/v1alpha1 ---
+
+/// A WasmFilter as read from a file or the API (the spec type is the CRD's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WasmFilterObject {
+    pub metadata: ObjectMeta,
+    pub spec: super::wasmfilter::WasmFilterSpec,
 }
 
 // --- core/v1 ---

@@ -255,6 +255,7 @@ fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &
         "Gateway" => typed(value).map(Object::Gateway),
         "HTTPRoute" => typed(value).map(Object::HttpRoute),
         "ReferenceGrant" => typed(value).map(Object::ReferenceGrant),
+        "WasmFilter" => typed(value).map(Object::WasmFilter),
         _ => unreachable!("known_kind only returns the kinds matched above"),
     };
     match object {

@@ -1,24 +1,88 @@
-//! One HTTP request: build the exchange the filters see, run the chain, forward to the
-//! endpoint the filters chose (or answer locally), run the response phase.
+//! One HTTP request: build the exchange the filters see, run the chain over the request
+//! headers, body and trailers, forward to the endpoint the filters chose (or answer locally),
+//! and run the response through the chain the same way.
+//!
+//! Bodies: when no filter of the chain has a body or trailers callback for a direction (and
+//! none held the headers) that body goes through as hyper's own [`Incoming`], untouched.
+//! Otherwise it becomes a [`FilteredBody`]: each frame the next hop asks for is read from the
+//! previous hop and pushed through the chain (see `chain`), and what comes out is forwarded. A
+//! filter that holds the headers makes the proxy read (and buffer) the body first; the headers
+//! go on only when every filter let them through, with `content-length` fixed when a filter
+//! changed a body that is complete by then (set to the new length) or still streaming
+//! (removed: HTTP/1.1 then chunks it).
 
-use std::convert::Infallible;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{Empty, Full};
-use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HOST, HeaderName, HeaderValue, TE};
+use hyper::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 
-use super::chain::{OpenContexts, RequestOutcome};
-use super::worker::Worker;
+use super::chain::{Abort, Direction, Stream};
+use super::upstream::Upstreams;
+use super::worker::{Generation, Worker};
 use crate::snapshot::UpstreamProtocol;
 use crate::wasm::{HeaderList, HttpExchange};
 
-pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body of a downstream response (and of an upstream request).
+pub type ResponseBody = ProxyBody;
+
+/// What is sent on: nothing, a local answer, a body passed through, or a filtered one.
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// Passed through untouched: no filter cares about it.
+    Incoming(Incoming),
+    Filtered(FilteredBody),
+}
+
+/// Why a body stopped.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The previous hop's body failed (the client or the upstream went away).
+    Inner(hyper::Error),
+    /// The filter chain stopped the stream.
+    Abort(Abort),
+    /// The chain took the whole input without ending its output (a bug; never spins).
+    Stalled,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Inner(e) => write!(f, "{e}"),
+            BodyError::Abort(abort) => write!(f, "{abort}"),
+            BodyError::Stalled => write!(f, "the filter chain ended its input without ending its output"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Inner(e) => Some(e),
+            BodyError::Abort(abort) => Some(abort),
+            BodyError::Stalled => None,
+        }
+    }
+}
+
+/// A stream reset instead of a response (hyper closes the HTTP/1.1 connection, or resets the
+/// HTTP/2 stream).
+#[derive(Debug)]
+pub struct StreamReset(String);
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream reset: {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamReset {}
 
 /// What a request knows about the connection it came on.
 #[derive(Debug)]
@@ -32,7 +96,9 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded as they came. (`te: trailers` is
+/// re-added upstream when the client sent it, so an HTTP/1.1 upstream may send trailers;
+/// `trailer` is end-to-end and forwarded, since HTTP/1.1 needs it to send trailers.)
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -40,80 +106,362 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "te",
-    "trailer",
 ];
 
 pub async fn handle(
     request: Request<Incoming>,
     info: Rc<ConnectionInfo>,
     worker: Rc<Worker>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let response = proxy(request, &info, &worker).await;
-    worker.metrics.request_done(response.status().as_u16());
-    Ok(response)
+) -> Result<Response<ResponseBody>, StreamReset> {
+    let Some(generation) = worker.current() else {
+        let response = plain(StatusCode::SERVICE_UNAVAILABLE, "no configuration is loaded yet\n");
+        worker.metrics.request_done(response.status().as_u16());
+        return Ok(response);
+    };
+    let result = proxy(request, &info, generation, &worker.upstreams).await;
+    match &result {
+        Ok(response) => worker.metrics.request_done(response.status().as_u16()),
+        Err(reset) => tracing::debug!(%reset, "resetting the downstream stream"),
+    }
+    result
 }
 
-async fn proxy(request: Request<Incoming>, info: &ConnectionInfo, worker: &Rc<Worker>) -> Response<ResponseBody> {
-    let Some(generation) = worker.current() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "no configuration is loaded yet\n");
-    };
-    let (parts, body) = request.into_parts();
-    let mut ex = exchange_for(&parts, info);
-    let mut open = OpenContexts::default();
-    let chain = &generation.chain;
-    let end_of_stream = hyper::body::Body::is_end_stream(&body);
+/// The per-request state shared by the handler and the bodies in flight: the upstream request
+/// body is polled by the upstream connection's task and the response body by the downstream
+/// one, all on this worker's thread. The filter contexts end (`proxy_on_done`, `proxy_on_log`)
+/// when the last of them lets go.
+struct Shared {
+    generation: Rc<Generation>,
+    stream: RefCell<Stream>,
+}
 
-    match chain.on_request_headers(&mut ex, end_of_stream, &mut open) {
-        RequestOutcome::Forward => {}
-        RequestOutcome::LocalReply => {
-            let response = local_reply(&mut ex);
-            chain.finish(&mut ex, open);
-            return response;
-        }
-        RequestOutcome::Failed { filter, .. } => {
-            chain.finish(&mut ex, open);
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("filter {filter} failed\n"));
-        }
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.generation.chain.finish(self.stream.get_mut());
     }
+}
 
-    let target = decision(&ex, &generation.published.snapshot);
-    let (endpoint, protocol) = match target {
-        Ok(target) => target,
-        Err((status, message)) => {
-            chain.finish(&mut ex, open);
-            return plain(status, &message);
+async fn proxy(
+    request: Request<Incoming>,
+    info: &ConnectionInfo,
+    generation: Rc<Generation>,
+    upstreams: &Upstreams,
+) -> Result<Response<ResponseBody>, StreamReset> {
+    let (parts, body) = request.into_parts();
+    let chain = &generation.chain;
+    let end_of_stream = body.is_end_stream();
+    let shared = Rc::new(Shared {
+        stream: RefCell::new(chain.stream(exchange_for(&parts, info))),
+        generation: generation.clone(),
+    });
+    let entered = chain.headers(&mut shared.stream.borrow_mut(), Direction::Request, end_of_stream);
+    if let Err(abort) = entered {
+        return answer(&shared, abort);
+    }
+    let request_body = match body_for(&shared, Direction::Request, body).await {
+        Ok(body) => body,
+        Err(BodyError::Abort(abort)) => return answer(&shared, abort),
+        Err(e) => {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body could not be read: {e}\n"),
+            ));
         }
     };
-    let upstream_request = match upstream_request(&ex, &parts, body, endpoint, protocol, info) {
-        Ok(request) => request,
-        Err(message) => {
-            chain.finish(&mut ex, open);
-            return plain(StatusCode::BAD_REQUEST, &message);
-        }
+
+    let built = {
+        let mut s = shared.stream.borrow_mut();
+        fix_length(&mut s, Direction::Request);
+        decision(&s.ex, &generation.published.snapshot).and_then(|(endpoint, protocol)| {
+            upstream_request(&s.ex, &parts, request_body, endpoint, protocol, info)
+                .map(|request| (endpoint, protocol, request))
+                .map_err(|message| (StatusCode::BAD_REQUEST, message))
+        })
+    };
+    let (endpoint, protocol, upstream_request) = match built {
+        Ok(built) => built,
+        Err((status, message)) => return Ok(plain(status, &message)),
     };
     drop(parts);
-    let upstream_response = match worker.upstreams.send(endpoint, protocol, upstream_request).await {
+    let sent = upstreams.send(endpoint, protocol, upstream_request).await;
+    // A filter may have stopped the request while its body streamed upstream.
+    let aborted = shared.stream.borrow().aborted().cloned();
+    if let Some(abort) = aborted {
+        return answer(&shared, abort);
+    }
+    let upstream_response = match sent {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, "upstream request failed");
-            chain.finish(&mut ex, open);
-            return plain(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream unavailable: {e}\n"));
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream unavailable: {e}\n"),
+            ));
         }
     };
+
     let (mut parts, body) = upstream_response.into_parts();
-    ex.response_headers = response_header_list(&parts);
-    let end_of_stream = hyper::body::Body::is_end_stream(&body);
-    if let Err((filter, _)) = chain.on_response_headers(&mut ex, end_of_stream, &open) {
-        chain.finish(&mut ex, open);
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("filter {filter} failed\n"));
+    let end_of_stream = body.is_end_stream();
+    let entered = {
+        let mut s = shared.stream.borrow_mut();
+        s.ex.response_headers = response_header_list(&parts);
+        chain.headers(&mut s, Direction::Response, end_of_stream)
+    };
+    if let Err(abort) = entered {
+        return answer(&shared, abort);
     }
-    if let Some(reply) = ex.local_reply.is_some().then(|| local_reply(&mut ex)) {
-        chain.finish(&mut ex, open);
-        return reply;
+    let response_body = match body_for(&shared, Direction::Response, body).await {
+        Ok(body) => body,
+        Err(BodyError::Abort(abort)) => return answer(&shared, abort),
+        Err(e) => {
+            return Ok(plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("the upstream response body could not be read: {e}\n"),
+            ));
+        }
+    };
+    let mut s = shared.stream.borrow_mut();
+    fix_length(&mut s, Direction::Response);
+    apply_response_headers(&s.ex.response_headers, &mut parts);
+    s.ex.response_sent = true;
+    Ok(Response::from_parts(parts, response_body))
+}
+
+/// The body to send on for `direction`, once the chain let its headers through: hyper's own
+/// when no filter cares, nothing when it already ended, the filtered stream otherwise.
+async fn body_for(shared: &Rc<Shared>, direction: Direction, body: Incoming) -> Result<ProxyBody, BodyError> {
+    let passthrough = shared.stream.borrow().headers_out(direction) && !shared.generation.chain.cares(direction);
+    if passthrough {
+        return Ok(ProxyBody::Incoming(body));
     }
-    apply_response_headers(&ex.response_headers, &mut parts);
-    chain.finish(&mut ex, open);
-    Response::from_parts(parts, body.boxed_unsync())
+    let mut filtered = FilteredBody {
+        shared: shared.clone(),
+        direction,
+        inner: Some(body),
+        errored: false,
+    };
+    std::future::poll_fn(|cx| filtered.poll_headers(cx)).await?;
+    if filtered.shared.stream.borrow().is_end_stream(direction) {
+        return Ok(ProxyBody::Empty);
+    }
+    Ok(ProxyBody::Filtered(filtered))
+}
+
+/// Answers a stream the chain stopped before the response started.
+fn answer(shared: &Shared, abort: Abort) -> Result<Response<ResponseBody>, StreamReset> {
+    Ok(match abort {
+        Abort::LocalReply => local_reply(&mut shared.stream.borrow_mut().ex),
+        Abort::Failed { filter, .. } => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("filter {filter} failed\n")),
+        Abort::BufferLimit {
+            filter,
+            direction: Direction::Request,
+        } => plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than filter {filter} may buffer\n"),
+        ),
+        Abort::BufferLimit {
+            filter,
+            direction: Direction::Response,
+        } => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the response body is larger than filter {filter} may buffer\n"),
+        ),
+        abort @ (Abort::Reset { .. } | Abort::BodyLength { .. }) => return Err(StreamReset(abort.to_string())),
+    })
+}
+
+/// Fixes `content-length` once `direction`'s headers came out of the chain:
+/// - a body a filter changed gets its new length when all of it is known by now, and no
+///   `content-length` otherwise (HTTP/1.1 then chunks it; HTTP/2 needs none);
+/// - trailers known by now are announced (`trailer`, which HTTP/1.1 needs to send them, and no
+///   `content-length`, since they need chunked encoding).
+///
+/// Then records the length the next hop is told, so a later change of length resets the stream.
+fn fix_length(s: &mut Stream, direction: Direction) {
+    let complete = s.complete_length(direction);
+    let modified = s.modified(direction);
+    let ex = &mut s.ex;
+    let (headers, trailers) = match direction {
+        Direction::Request => (&mut ex.request_headers, &ex.request_trailers),
+        Direction::Response => (&mut ex.response_headers, &ex.response_trailers),
+    };
+    if !trailers.is_empty() {
+        headers.remove("content-length");
+        if headers.get("trailer").is_none() {
+            let names: Vec<&str> = trailers.iter().map(|(name, _)| name).collect();
+            headers.set("trailer", names.join(", "));
+        }
+    } else if modified {
+        match complete {
+            Some(length) => headers.set("content-length", length.to_string()),
+            None => {
+                headers.remove("content-length");
+            }
+        }
+    }
+    let no_body = direction == Direction::Response
+        && (ex.request_headers.get(":method") == Some(b"HEAD")
+            || matches!(ex.response_headers.get(":status"), Some(b"204" | b"304")));
+    let declared = if no_body {
+        None
+    } else {
+        let headers = match direction {
+            Direction::Request => &ex.request_headers,
+            Direction::Response => &ex.response_headers,
+        };
+        headers
+            .get("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    s.set_declared_length(direction, declared);
+}
+
+/// A body pushed through the filter chain frame by frame (see the module docs).
+pub struct FilteredBody {
+    shared: Rc<Shared>,
+    direction: Direction,
+    /// The previous hop's body, until its end went into the chain.
+    inner: Option<Incoming>,
+    /// The abort was reported once.
+    errored: bool,
+}
+
+impl FilteredBody {
+    /// Reads (and pushes through the chain) until the headers came out of it.
+    fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        loop {
+            {
+                let s = self.shared.stream.borrow();
+                if let Some(abort) = s.aborted() {
+                    return Poll::Ready(Err(BodyError::Abort(abort.clone())));
+                }
+                if s.headers_out(self.direction) {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            ready!(self.pump(cx))?;
+        }
+    }
+
+    /// Reads one frame of the previous hop's body and pushes it through the chain.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(BodyError::Stalled));
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+        let end_of_stream = inner.is_end_stream();
+        let chain = &self.shared.generation.chain;
+        let mut s = self.shared.stream.borrow_mut();
+        let fed = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(bytes) => {
+                    if end_of_stream {
+                        self.inner = None;
+                    }
+                    chain.data(&mut s, self.direction, bytes, end_of_stream)
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        self.inner = None;
+                        chain.trailers(&mut s, self.direction, header_list(&trailers))
+                    }
+                    // A frame kind this proxy does not know: nothing to forward.
+                    Err(_) => Ok(()),
+                },
+            },
+            Some(Err(e)) => {
+                self.inner = None;
+                return Poll::Ready(Err(BodyError::Inner(e)));
+            }
+            None => {
+                self.inner = None;
+                chain.data(&mut s, self.direction, Bytes::new(), true)
+            }
+        };
+        Poll::Ready(fed.map_err(BodyError::Abort))
+    }
+}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            {
+                let mut s = this.shared.stream.borrow_mut();
+                if let Some(abort) = s.aborted() {
+                    if std::mem::replace(&mut this.errored, true) {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(BodyError::Abort(abort.clone()))));
+                }
+                if let Some(frame) = s.pop_frame(this.direction) {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                if s.ended(this.direction) {
+                    return Poll::Ready(None);
+                }
+            }
+            if let Err(e) = ready!(this.pump(cx)) {
+                this.errored = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.shared.stream.borrow().is_end_stream(self.direction)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.shared.stream.borrow().queued_length(self.direction) {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Inner),
+            ProxyBody::Filtered(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Filtered(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Filtered(body) => body.size_hint(),
+        }
+    }
+}
+
+fn header_list(map: &HeaderMap) -> HeaderList {
+    let mut list = HeaderList::with_capacity(map.len());
+    for (name, value) in map {
+        list.add(name.as_str(), value.as_bytes().to_vec());
+    }
+    list
 }
 
 /// The request as the filters see it: pseudo-headers first, then the regular headers.
@@ -202,11 +550,11 @@ fn decision(
 fn upstream_request(
     ex: &HttpExchange,
     parts: &hyper::http::request::Parts,
-    body: Incoming,
+    body: ProxyBody,
     endpoint: SocketAddr,
     protocol: UpstreamProtocol,
     info: &ConnectionInfo,
-) -> Result<Request<Incoming>, String> {
+) -> Result<Request<ProxyBody>, String> {
     let headers = &ex.request_headers;
     let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
     let method = text(":method").unwrap_or_else(|| parts.method.to_string());
@@ -237,6 +585,14 @@ fn upstream_request(
         if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
             upstream_headers.append(name, value);
         }
+    }
+    let accepts_trailers = headers.get_all("te").any(|value| {
+        value
+            .split(|&b| b == b',')
+            .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    if accepts_trailers {
+        upstream_headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     if protocol == UpstreamProtocol::Http1 && !authority.is_empty() {
         let host =
@@ -312,11 +668,9 @@ fn local_reply(ex: &mut HttpExchange) -> Response<ResponseBody> {
 
 fn full(bytes: Bytes) -> ResponseBody {
     if bytes.is_empty() {
-        return Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync();
+        return ProxyBody::Empty;
     }
-    Full::new(bytes)
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    ProxyBody::Full(Some(bytes))
 }
 
 fn plain(status: StatusCode, message: &str) -> Response<ResponseBody> {
@@ -327,3 +681,6 @@ fn plain(status: StatusCode, message: &str) -> Response<ResponseBody> {
         .insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::tls;
 use crate::config::ConfigError;
+use crate::modules::ResolvedFilter;
 use crate::snapshot::{PortProtocol, Snapshot};
 use crate::translate::ObjectStatus;
 
@@ -22,12 +23,19 @@ pub struct Published {
     pub balancer_config: Arc<[u8]>,
     /// TLS server configuration per HTTPS socket (address, Gateway port number).
     pub tls: BTreeMap<(IpAddr, u16), Arc<rustls::ServerConfig>>,
+    /// User filters in chain order, with their modules (or why a module could not be loaded).
+    pub user_filters: Vec<ResolvedFilter>,
     pub statuses: Vec<ObjectStatus>,
     pub errors: Vec<ConfigError>,
 }
 
 impl Published {
-    pub fn new(snapshot: Snapshot, statuses: Vec<ObjectStatus>, errors: Vec<ConfigError>) -> Self {
+    pub fn new(
+        snapshot: Snapshot,
+        user_filters: Vec<ResolvedFilter>,
+        statuses: Vec<ObjectStatus>,
+        errors: Vec<ConfigError>,
+    ) -> Self {
         // Serializing plain data cannot fail; an empty config would make the filters 404.
         let router_config = serde_json::to_vec(&snapshot.router).unwrap_or_default().into();
         let balancer_config = serde_json::to_vec(&snapshot.balancer).unwrap_or_default().into();
@@ -42,6 +50,7 @@ impl Published {
             router_config,
             balancer_config,
             tls,
+            user_filters,
             statuses,
             errors,
         }

@@ -16,6 +16,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::http::ProxyBody;
 use super::worker::LocalExec;
 use crate::snapshot::UpstreamProtocol;
 
@@ -40,10 +41,14 @@ pub enum UpstreamError {
 }
 
 /// The pools of one worker (single-threaded: no locks). Cloning shares the pools.
+///
+/// Request bodies are [`ProxyBody`]: hyper's own `Incoming` when no filter looks at the body,
+/// or the filtered stream (which is `!Send`: it shares the request's state with the response;
+/// connections run on this worker through `spawn_local`, so that is fine).
 #[derive(Default, Clone)]
 pub struct Upstreams {
-    http1_idle: Rc<RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>>,
-    h2: Rc<RefCell<HashMap<SocketAddr, http2::SendRequest<Incoming>>>>,
+    http1_idle: Rc<RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>>,
+    h2: Rc<RefCell<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
 }
 
 impl Upstreams {
@@ -53,7 +58,7 @@ impl Upstreams {
         &self,
         endpoint: SocketAddr,
         protocol: UpstreamProtocol,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match protocol {
             UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
@@ -64,7 +69,7 @@ impl Upstreams {
     async fn send_http1(
         &self,
         endpoint: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self.idle_http1(endpoint) {
             Some(sender) => sender,
@@ -100,7 +105,7 @@ impl Upstreams {
         Ok(response)
     }
 
-    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
+    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.http1_idle.borrow_mut();
         let list = idle.get_mut(&endpoint)?;
         while let Some(sender) = list.pop() {
@@ -114,7 +119,7 @@ impl Upstreams {
     async fn send_h2(
         &self,
         endpoint: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let existing = self.h2.borrow().get(&endpoint).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::chain::Chain;
+use super::chain::{Chain, ChainFilter, FailurePolicy};
 use super::listener;
 use super::published::{Published, Publisher};
 use super::upstream::Upstreams;
+use crate::config::wasmfilter::Phase;
 use crate::metrics::Metrics;
+use crate::modules::ResolvedFilter;
 use crate::wasm::{FilterModule, SandboxLimits};
 
 /// How the data plane binds and runs.
@@ -103,6 +105,35 @@ impl DataPlane {
     }
 }
 
+/// A user filter as the chain runs it. When its module did not load, a fail-open filter is
+/// left out and a fail-closed one is replaced by the `unavailable` filter, which answers 500
+/// with the reason.
+fn user_chain_filter(filter: &ResolvedFilter, unavailable: &FilterModule) -> Option<ChainFilter> {
+    let plan = &filter.plan;
+    let failure_policy = if plan.fail_open {
+        FailurePolicy::FailOpen
+    } else {
+        FailurePolicy::FailClosed
+    };
+    let (module, config) = match &filter.module {
+        Ok(module) => (module.clone(), Arc::from(plan.config.as_slice())),
+        Err(_) if plan.fail_open => return None,
+        Err(e) => (
+            unavailable.clone(),
+            Arc::from(format!("filter {} is unavailable: {e}\n", plan.name).into_bytes()),
+        ),
+    };
+    Some(ChainFilter {
+        module,
+        config,
+        limits: SandboxLimits {
+            memory_bytes: plan.memory_bytes,
+            call_timeout: plan.call_timeout,
+        },
+        failure_policy,
+    })
+}
+
 /// One configuration generation on one worker: the published config and the VMs built for it.
 /// Requests hold an `Rc` to the generation they started on, so a reload never changes the
 /// configuration under a request in flight.
@@ -142,9 +173,8 @@ impl Worker {
 
     fn apply(self: &Rc<Self>, published: Arc<Published>) {
         let version = published.snapshot.version;
-        let configs = [published.router_config.clone(), published.balancer_config.clone()];
-        let filters: Vec<_> = self.modules.iter().cloned().zip(configs).collect();
-        match Chain::start(&filters, self.options.limits.clone(), self.metrics.clone()) {
+        let filters = self.compose(&published);
+        match Chain::start(&filters, self.metrics.clone()) {
             Ok(chain) => {
                 *self.current.borrow_mut() = Some(Rc::new(Generation {
                     published: published.clone(),
@@ -159,6 +189,32 @@ impl Worker {
         }
         self.reconcile_listeners(&published);
         self.serving.store(version, Ordering::Release);
+    }
+
+    /// The chain in order: user filters of PrePolicy and PreRouting (there is no standard policy
+    /// filter yet), the router, PostRouting user filters, the balancer, PostBalancing ones.
+    fn compose(&self, published: &Published) -> Vec<ChainFilter> {
+        let standard = |module: &FilterModule, config: &Arc<[u8]>| ChainFilter {
+            module: module.clone(),
+            config: config.clone(),
+            limits: self.options.limits.clone(),
+            failure_policy: FailurePolicy::FailClosed,
+        };
+        let (router, balancer, unavailable) = (&self.modules[0], &self.modules[1], &self.modules[2]);
+        let user = |phases: &[Phase]| {
+            published
+                .user_filters
+                .iter()
+                .filter(|f| phases.contains(&f.plan.phase))
+                .filter_map(|f| user_chain_filter(f, unavailable))
+                .collect::<Vec<_>>()
+        };
+        let mut chain = user(&[Phase::PrePolicy, Phase::PreRouting]);
+        chain.push(standard(router, &published.router_config));
+        chain.extend(user(&[Phase::PostRouting]));
+        chain.push(standard(balancer, &published.balancer_config));
+        chain.extend(user(&[Phase::PostBalancing]));
+        chain
     }
 
     /// Binds new ports and stops accepting on removed ones (open connections finish).

@@ -15,6 +15,7 @@ fn options() -> TranslateOptions {
     TranslateOptions {
         address: [127, 0, 0, 1].into(),
         address_pool: None,
+        config_dir: None,
         now: "2026-01-01T00:00:00Z".into(),
     }
 }

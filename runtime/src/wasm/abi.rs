@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | [`log`] | `proxy_log`, `proxy_get_log_level`, `proxy_get_current_time_nanoseconds` | done |
 //! | [`timers`] | `proxy_set_tick_period_milliseconds` | period stored; ticks are delivered by the proxy later |
-//! | [`buffers`] | `proxy_{get,set}_buffer_bytes`, `proxy_get_buffer_status` | VM and plugin configuration; bodies → `NOT_FOUND` |
-//! | [`headers`] | `proxy_{get,set}_header_map_pairs`, `proxy_{get,add,replace,remove}_header_map_value`, `proxy_get_header_map_size` | request and response headers; trailers read as empty |
+//! | [`buffers`] | `proxy_{get,set}_buffer_bytes`, `proxy_get_buffer_status` | VM and plugin configuration; request and response bodies in body and trailer callbacks |
+//! | [`headers`] | `proxy_{get,set}_header_map_pairs`, `proxy_{get,add,replace,remove}_header_map_value`, `proxy_get_header_map_size` | request and response headers and trailers |
 //! | [`local_reply`] | `proxy_send_local_response` | done |
 //! | [`properties`] | `proxy_{get,set}_property` | done |
 //! | [`context`] | `proxy_continue_stream`, `proxy_close_stream`, `proxy_set_effective_context`, `proxy_done` | done |
@@ -90,6 +90,8 @@ pub(crate) mod map_type {
 
 /// `proxy_buffer_type_t` values tidegate serves.
 pub(crate) mod buffer_type {
+    pub(crate) const HTTP_REQUEST_BODY: i32 = 0;
+    pub(crate) const HTTP_RESPONSE_BODY: i32 = 1;
     pub(crate) const VM_CONFIGURATION: i32 = 6;
     pub(crate) const PLUGIN_CONFIGURATION: i32 = 7;
     pub(crate) const FOREIGN_FUNCTION_ARGUMENTS: i32 = 8;

@@ -1,9 +1,12 @@
-//! The per-request state hostcalls act on: headers, properties and a local reply.
+//! The per-request state hostcalls act on: headers, bodies, trailers, properties and a local
+//! reply.
 //!
 //! The proxy fills an [`HttpExchange`] from the downstream request, hands it to each filter
 //! callback, and reads the result back. During a callback the exchange is *moved* into the
 //! store (`std::mem::take`, no copy, no allocation) and moved back afterwards, so hostcalls reach
 //! it without locks or borrowed lifetimes.
+
+use bytes::{Bytes, BytesMut};
 
 /// The request (and later the response) as the filters see and change it.
 #[derive(Default, Clone, Debug)]
@@ -18,6 +21,139 @@ pub struct HttpExchange {
     /// Set when a filter called `proxy_send_local_response`: the proxy answers with it instead
     /// of forwarding.
     pub local_reply: Option<LocalReply>,
+    /// The request body as the running body or trailers callback sees it (`HTTP_REQUEST_BODY`):
+    /// the new chunk, or everything buffered for that filter while it paused. The proxy swaps
+    /// each filter's own buffer in before the callback and takes it back afterwards.
+    pub request_body: BodyBuffer,
+    /// The response body as the running callback sees it (`HTTP_RESPONSE_BODY`).
+    pub response_body: BodyBuffer,
+    /// Request trailers (`HTTP_REQUEST_TRAILERS`); empty when the request has none. A filter may
+    /// create them in its last request body callback (`end_of_stream`).
+    pub request_trailers: HeaderList,
+    /// Response trailers (`HTTP_RESPONSE_TRAILERS`); empty when the response has none.
+    pub response_trailers: HeaderList,
+    /// Set by the proxy once the response headers went downstream: from then on a filter can no
+    /// longer replace the response (`proxy_send_local_response` is refused).
+    pub response_sent: bool,
+}
+
+/// Body bytes a filter sees and may change (`proxy_get_buffer_bytes` /
+/// `proxy_set_buffer_bytes`).
+///
+/// One chunk is kept as the `Bytes` hyper produced, so a chunk that a filter only looks at (or
+/// does not look at) is never copied. Appending a second chunk (the host buffering for a paused
+/// filter) or a write by the filter makes it one contiguous, growable buffer; the copies are
+/// amortised, so buffering a body costs O(body).
+#[derive(Clone, Debug, Default)]
+pub struct BodyBuffer {
+    /// The bytes while they are one received chunk (`owned` is `None`).
+    shared: Bytes,
+    /// The bytes once they were appended to or written.
+    owned: Option<BytesMut>,
+    modified: bool,
+}
+
+// === impl BodyBuffer ===
+
+impl BodyBuffer {
+    /// A buffer holding `bytes` (not copied).
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            shared: bytes,
+            owned: None,
+            modified: false,
+        }
+    }
+
+    /// The bytes, contiguous.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.owned {
+            Some(b) => b,
+            None => &self.shared,
+        }
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Whether the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a chunk that arrived (not a change by a filter: [`is_modified`](Self::is_modified)
+    /// is unaffected). The first chunk into an empty buffer is kept without a copy.
+    pub fn append(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.shared = chunk;
+            self.owned = None;
+            return;
+        }
+        self.owned().extend_from_slice(&chunk);
+    }
+
+    /// Replaces the `size` bytes at `start` by `data`, as `proxy_set_buffer_bytes` does:
+    /// `(0, 0)` prepends, `start >= len` appends, anything else replaces the window (clamped to
+    /// the end of the buffer), so `(0, len)` replaces everything. Marks the buffer modified.
+    pub fn splice(&mut self, start: usize, size: usize, data: &[u8]) {
+        self.modified = true;
+        let len = self.len();
+        let start = start.min(len);
+        let end = start.saturating_add(size).min(len);
+        if start == 0 && end == len {
+            // Replacing everything: no need to keep (or copy) the old bytes.
+            let mut fresh = BytesMut::with_capacity(data.len());
+            fresh.extend_from_slice(data);
+            self.shared = Bytes::new();
+            self.owned = Some(fresh);
+            return;
+        }
+        let buf = self.owned();
+        if start == end && start == buf.len() {
+            buf.extend_from_slice(data);
+            return;
+        }
+        let tail = buf.split_off(end);
+        buf.truncate(start);
+        buf.reserve(data.len() + tail.len());
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(&tail);
+    }
+
+    /// Whether a filter wrote to the buffer since it was created (or since
+    /// [`take_modified`](Self::take_modified)).
+    pub fn is_modified(&self) -> bool {
+        self.modified
+    }
+
+    /// Returns and clears the modified flag.
+    pub fn take_modified(&mut self) -> bool {
+        std::mem::take(&mut self.modified)
+    }
+
+    /// Takes the bytes out, leaving the buffer empty (and unmodified).
+    pub fn take(&mut self) -> Bytes {
+        self.modified = false;
+        match self.owned.take() {
+            Some(b) => b.freeze(),
+            None => std::mem::take(&mut self.shared),
+        }
+    }
+
+    fn owned(&mut self) -> &mut BytesMut {
+        let shared = &mut self.shared;
+        self.owned.get_or_insert_with(|| {
+            let chunk = std::mem::take(shared);
+            let mut owned = BytesMut::with_capacity(chunk.len().saturating_mul(2).max(64));
+            owned.extend_from_slice(&chunk);
+            owned
+        })
+    }
 }
 
 /// An ordered list of HTTP fields: names are stored lowercase, order and duplicates are kept.

@@ -34,6 +34,14 @@ pub(crate) enum Phase {
     RequestHeaders,
     /// `proxy_on_response_headers`.
     ResponseHeaders,
+    /// `proxy_on_request_body` (`HostState::end_of_stream` says whether it is the last).
+    RequestBody,
+    /// `proxy_on_request_trailers`.
+    RequestTrailers,
+    /// `proxy_on_response_body`.
+    ResponseBody,
+    /// `proxy_on_response_trailers`.
+    ResponseTrailers,
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`: headers are sent, still readable.
     Finish,
 }
@@ -119,6 +127,9 @@ pub(crate) struct HostState {
     /// The context whose request is in `exchange`, if any.
     pub(crate) exchange_ctx: Option<u32>,
     pub(crate) phase: Phase,
+    /// The `end_of_stream` argument of the running body callback: trailers may be created only
+    /// in the last one.
+    pub(crate) end_of_stream: bool,
     /// The context hostcalls act on (`proxy_set_effective_context` may change it).
     pub(crate) effective_ctx: u32,
     pub(crate) root_id: u32,
@@ -157,6 +168,7 @@ impl HostState {
             exchange: HttpExchange::default(),
             exchange_ctx: None,
             phase: Phase::Idle,
+            end_of_stream: false,
             effective_ctx: root_id,
             root_id,
             live: HashSet::new(),

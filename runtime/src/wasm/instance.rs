@@ -12,22 +12,25 @@ use super::{FilterModule, LIFECYCLE_MIN_TIMEOUT, SandboxLimits, WasmError, ticks
 /// The id of the root (plugin) context; HTTP contexts are numbered after it.
 pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
 
-/// What a filter asked the proxy to do with the stream after a header callback.
+/// What a filter asked the proxy to do with the stream after a header, body or trailers
+/// callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterAction {
     /// Go on with the next filter (proxy-wasm `CONTINUE`).
     Continue,
-    /// Hold the stream until the filter resumes it (`PAUSE`). If the filter set
-    /// [`HttpExchange::local_reply`], the proxy answers with it instead.
+    /// Hold the stream until the filter resumes it (`PAUSE`). From a body callback this is
+    /// Envoy's `StopIterationAndBuffer`: the proxy buffers what follows and calls again with
+    /// everything buffered. If the filter set [`HttpExchange::local_reply`], the proxy answers
+    /// with it instead.
     Pause,
 }
 
 /// Stream operations a filter asked for during callbacks (`proxy_continue_stream`,
 /// `proxy_close_stream`), applied by the proxy afterwards, as the C++ host defers them.
 ///
-/// A `continue_stream` for the stream of the running header callback is folded into its
-/// [`FilterAction`] (a pause the filter already resumed is reported as `Continue`); the rest is
-/// collected here until [`FilterInstance::take_stream_actions`].
+/// A `continue_stream` for the stream of the running header, body or trailers callback is
+/// folded into its [`FilterAction`] (a pause the filter already resumed is reported as
+/// `Continue`); the rest is collected here until [`FilterInstance::take_stream_actions`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamActions {
     /// The filter resumed the request (`proxy_continue_stream(HTTP_REQUEST)`).
@@ -48,6 +51,10 @@ struct Callbacks {
     on_configure: Option<TypedFunc<(i32, i32), i32>>,
     on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -61,6 +68,10 @@ impl Callbacks {
             on_configure: instance.get_typed_func(&mut *store, "proxy_on_configure").ok(),
             on_request_headers: instance.get_typed_func(&mut *store, "proxy_on_request_headers").ok(),
             on_response_headers: instance.get_typed_func(&mut *store, "proxy_on_response_headers").ok(),
+            on_request_body: instance.get_typed_func(&mut *store, "proxy_on_request_body").ok(),
+            on_request_trailers: instance.get_typed_func(&mut *store, "proxy_on_request_trailers").ok(),
+            on_response_body: instance.get_typed_func(&mut *store, "proxy_on_response_body").ok(),
+            on_response_trailers: instance.get_typed_func(&mut *store, "proxy_on_response_trailers").ok(),
             on_done: instance.get_typed_func(&mut *store, "proxy_on_done").ok(),
             on_log: instance.get_typed_func(&mut *store, "proxy_on_log").ok(),
             on_delete: instance.get_typed_func(&mut *store, "proxy_on_delete").ok(),
@@ -314,6 +325,68 @@ impl FilterInstance {
         Ok(action)
     }
 
+    /// Runs `proxy_on_request_body(ctx, body_size, end_of_stream)` over `ex`, where
+    /// `ex.request_body` holds what the filter sees (`HTTP_REQUEST_BODY`): the new chunk, or
+    /// everything buffered for it since it paused, so `body_size` is `ex.request_body.len()`
+    /// (cumulative while paused, as Envoy passes it). The filter may change the body, the request
+    /// headers (they take effect if the proxy still holds them) and, when `end_of_stream`, create
+    /// request trailers. An absent callback continues.
+    pub fn on_request_body(
+        &mut self,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, WasmError> {
+        let size = clamp_size(ex.request_body.len());
+        self.stream_callback(Phase::RequestBody, ctx, ex, end_of_stream, |store, cb| {
+            match &cb.on_request_body {
+                Some(f) => f.call(store, (ctx as i32, size, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Runs `proxy_on_request_trailers(ctx, num_trailers)` over `ex` (`ex.request_trailers` is
+    /// readable and writable; `ex.request_body` holds what the host buffered for the filter, if
+    /// it had paused). An absent callback continues.
+    pub fn on_request_trailers(&mut self, ctx: u32, ex: &mut HttpExchange) -> Result<FilterAction, WasmError> {
+        let count = clamp_size(ex.request_trailers.len());
+        self.stream_callback(Phase::RequestTrailers, ctx, ex, true, |store, cb| {
+            match &cb.on_request_trailers {
+                Some(f) => f.call(store, (ctx as i32, count)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Runs `proxy_on_response_body(ctx, body_size, end_of_stream)` over `ex`, as
+    /// [`on_request_body`](Self::on_request_body) does for the request (`ex.response_body`).
+    pub fn on_response_body(
+        &mut self,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, WasmError> {
+        let size = clamp_size(ex.response_body.len());
+        self.stream_callback(Phase::ResponseBody, ctx, ex, end_of_stream, |store, cb| {
+            match &cb.on_response_body {
+                Some(f) => f.call(store, (ctx as i32, size, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Runs `proxy_on_response_trailers(ctx, num_trailers)` over `ex` (`ex.response_trailers`).
+    pub fn on_response_trailers(&mut self, ctx: u32, ex: &mut HttpExchange) -> Result<FilterAction, WasmError> {
+        let count = clamp_size(ex.response_trailers.len());
+        self.stream_callback(Phase::ResponseTrailers, ctx, ex, true, |store, cb| {
+            match &cb.on_response_trailers {
+                Some(f) => f.call(store, (ctx as i32, count)),
+                None => Ok(0),
+            }
+        })
+    }
+
     /// Ends context `ctx`: `proxy_on_done`, then, if it returns true, `proxy_on_log` and
     /// `proxy_on_delete` (the headers in `ex` are readable throughout). If `proxy_on_done`
     /// returns false the context stays open until the filter calls `proxy_done` (then
@@ -429,6 +502,32 @@ impl FilterInstance {
         })
     }
 
+    /// A body or trailers callback: like the header callbacks, a `proxy_continue_stream` of the
+    /// same direction made during the call folds into its action; earlier ones are kept.
+    fn stream_callback(
+        &mut self,
+        phase: Phase,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+        call: impl FnOnce(&mut Store<HostState>, &Callbacks) -> wasmtime::Result<i32>,
+    ) -> Result<FilterAction, WasmError> {
+        self.check_open(ctx)?;
+        let request = matches!(phase, Phase::RequestBody | Phase::RequestTrailers);
+        let state = self.store.data_mut();
+        state.end_of_stream = end_of_stream;
+        let earlier = std::mem::take(resume_flag(&mut state.actions, request));
+        let timeout = self.call_timeout;
+        let action = self.invoke(phase, ctx, Some(ex), timeout, call);
+        self.store.data_mut().end_of_stream = false;
+        let action = action?;
+        self.complete_deferred();
+        let flag = resume_flag(&mut self.store.data_mut().actions, request);
+        let action = fold(action, flag);
+        *flag |= earlier;
+        Ok(action)
+    }
+
     /// Finishes contexts that called `proxy_done` during the last callback.
     fn complete_deferred(&mut self) {
         if self.broken {
@@ -473,6 +572,20 @@ fn log_and_delete(store: &mut Store<HostState>, cb: &Callbacks, ctx: u32) -> was
         f.call(&mut *store, ctx as i32)?;
     }
     Ok(())
+}
+
+/// The resume flag of one direction.
+fn resume_flag(actions: &mut StreamActions, request: bool) -> &mut bool {
+    if request {
+        &mut actions.resume_request
+    } else {
+        &mut actions.resume_response
+    }
+}
+
+/// A size or count as the ABI's i32 (bodies are capped far below 2 GiB; saturate anyway).
+fn clamp_size(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// The action of a header callback: proxy-wasm `CONTINUE` is 0 and anything else stops, as in

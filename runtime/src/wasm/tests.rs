@@ -958,6 +958,382 @@ fn stream_actions_are_deferred() {
     instance.finish_http_context(ctx, &mut ex);
 }
 
+// === bodies and trailers ===
+
+#[test]
+fn body_buffer_reads_are_windows_clamped_to_the_body() {
+    let mut w = Wat::new();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 30) (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
+    (call $rec (i32.const 31) (call $set_buffer (i32.const 0) (i32.const 0) (i32.const 0) {x}))
+    (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.const 0) (local.get $size))
+    (call $rec (i32.const 1) (local.get $eos))
+    (call $rec (i32.const 2) (call $get_buffer (i32.const 0) (i32.const 0) (local.get $size) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 3))
+    (call $rec (i32.const 5) (call $get_buffer (i32.const 0) (i32.const 6) (i32.const 3) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 6))
+    (call $rec (i32.const 8) (call $get_buffer (i32.const 0) (i32.const 1000) (i32.const 10) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 9))
+    (call $rec (i32.const 11) (call $get_buffer (i32.const 0) (i32.const 6) (i32.const -1) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 12))
+    (call $rec (i32.const 14) (call $get_buffer (i32.const 1) (i32.const 0) (i32.const 10) (i32.const 0x80) (i32.const 0x84)))
+    (call $rec (i32.const 15) (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 10) (i32.const 0x80) (i32.const 0x70000)))
+    (i32.const 1))
+"#,
+        x = w.s("x"),
+    );
+    let mut instance = start("body-reads", &w.module(&body), b"");
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    instance.on_request_headers(ctx, &mut ex, false).unwrap();
+    assert_eq!(slot(&instance, 30), NOT_FOUND, "no body in a header callback");
+    assert_eq!(slot(&instance, 31), NOT_FOUND);
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"hello world"));
+    assert_eq!(
+        instance.on_request_body(ctx, &mut ex, false).unwrap(),
+        FilterAction::Pause
+    );
+    assert_eq!(
+        (slot(&instance, 0), slot(&instance, 1)),
+        (11, 0),
+        "body_size, end_of_stream"
+    );
+    assert_eq!((slot(&instance, 2), kept(&instance, 3)), (OK, b"hello world".to_vec()));
+    assert_eq!(
+        (slot(&instance, 5), kept(&instance, 6)),
+        (OK, b"wor".to_vec()),
+        "a window"
+    );
+    assert_eq!(
+        (slot(&instance, 8), slot(&instance, 9), slot(&instance, 10)),
+        (OK, 0, 0),
+        "past the end: empty"
+    );
+    assert_eq!(
+        (slot(&instance, 11), kept(&instance, 12)),
+        (OK, b"world".to_vec()),
+        "clamped"
+    );
+    assert_eq!(slot(&instance, 14), NOT_FOUND, "no response body in a request callback");
+    assert_eq!(slot(&instance, 15), INVALID_MEMORY_ACCESS);
+    assert_eq!(ex.request_body.as_slice(), b"hello world", "the buffer came back");
+    assert!(!ex.request_body.is_modified(), "reads do not modify");
+    instance.finish_http_context(ctx, &mut ex);
+}
+
+#[test]
+fn body_buffer_writes_prepend_append_and_replace() {
+    let mut w = Wat::new();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_response_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    ;; "hello world" -> "<hello world" -> "<hello world>" -> "<HELLO world>" -> "<HELLO there>"
+    (call $rec (i32.const 0) (call $set_buffer (i32.const 1) (i32.const 0) (i32.const 0) {lt}))
+    (call $rec (i32.const 1) (call $set_buffer (i32.const 1) (i32.const 1000) (i32.const 0) {gt}))
+    (call $rec (i32.const 2) (call $set_buffer (i32.const 1) (i32.const 1) (i32.const 5) {upper}))
+    (call $rec (i32.const 3) (call $set_buffer (i32.const 1) (i32.const 7) (i32.const 1000) {there}))
+    (call $rec (i32.const 4) (call $set_buffer (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0x7fff0000) (i32.const 4)))
+    (call $rec (i32.const 5) (call $set_buffer (i32.const 0) (i32.const 0) (i32.const 0) {lt}))
+    (call $rec (i32.const 6) (call $set_buffer (i32.const 7) (i32.const 0) (i32.const 0) {lt}))
+    (call $rec (i32.const 7) (call $get_buffer (i32.const 1) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 8))
+    (i32.const 0))
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    ;; replacing everything, including with nothing
+    (call $rec (i32.const 20) (call $set_buffer (i32.const 0) (i32.const 0) (local.get $size) {replaced}))
+    (i32.const 0))
+"#,
+        lt = w.s("<"),
+        gt = w.s(">"),
+        upper = w.s("HELLO"),
+        there = w.s("there>"),
+        replaced = w.s("replaced"),
+    );
+    let mut instance = start("body-writes", &w.module(&body), b"");
+    assert_eq!(
+        instance.module().body_callbacks(),
+        BodyCallbacks {
+            request_body: true,
+            response_body: true,
+            ..Default::default()
+        },
+        "exports are recorded at load"
+    );
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    ex.response_body = BodyBuffer::new(bytes::Bytes::from_static(b"hello world"));
+    assert_eq!(
+        instance.on_response_body(ctx, &mut ex, true).unwrap(),
+        FilterAction::Continue
+    );
+    assert_eq!(
+        (0..4).map(|i| slot(&instance, i)).collect::<Vec<_>>(),
+        [OK, OK, OK, OK],
+        "prepend, append, replace, replace to the end"
+    );
+    assert_eq!(slot(&instance, 4), INVALID_MEMORY_ACCESS);
+    assert_eq!(slot(&instance, 5), NOT_FOUND, "no request body in a response callback");
+    assert_eq!(slot(&instance, 6), NOT_FOUND, "configuration is read-only");
+    assert_eq!(kept(&instance, 8), b"<HELLO there>", "the filter reads its own writes");
+    assert_eq!(ex.response_body.as_slice(), b"<HELLO there>");
+    assert!(ex.response_body.is_modified());
+
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"original body"));
+    instance.on_request_body(ctx, &mut ex, true).unwrap();
+    assert_eq!(slot(&instance, 20), OK);
+    assert_eq!(ex.request_body.as_slice(), b"replaced");
+    instance.finish_http_context(ctx, &mut ex);
+}
+
+#[test]
+fn body_buffer_splice_semantics() {
+    let mut b = BodyBuffer::new(bytes::Bytes::from_static(b"abc"));
+    b.append(bytes::Bytes::from_static(b"def"));
+    assert_eq!(
+        (b.as_slice(), b.is_modified()),
+        (&b"abcdef"[..], false),
+        "arrivals are not changes"
+    );
+    b.splice(0, 0, b"<");
+    assert_eq!(b.as_slice(), b"<abcdef");
+    b.splice(100, 5, b">");
+    assert_eq!(b.as_slice(), b"<abcdef>");
+    b.splice(1, 3, b"X");
+    assert_eq!(b.as_slice(), b"<Xdef>");
+    b.splice(2, 100, b"");
+    assert_eq!(b.as_slice(), b"<X");
+    b.splice(0, 2, b"");
+    assert!(b.is_empty() && b.is_modified());
+    assert!(b.take_modified() && !b.is_modified());
+    let mut c = BodyBuffer::default();
+    c.append(bytes::Bytes::from_static(b"zero-copy"));
+    assert_eq!(c.take(), bytes::Bytes::from_static(b"zero-copy"));
+    assert!(c.is_empty());
+}
+
+#[test]
+fn trailers_are_readable_and_writable_in_their_callbacks() {
+    let mut w = Wat::new();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.add (i32.const 0) (local.get $eos)) (call $add_header (i32.const 1) {x_added} {yes}))
+    (i32.const 0))
+  (func (export "proxy_on_request_trailers") (param $ctx i32) (param $n i32) (result i32)
+    (call $rec (i32.const 2) (local.get $n))
+    (call $rec (i32.const 3) (call $get_header (i32.const 1) {grpc_status} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 4))
+    (call $rec (i32.const 6) (call $replace_header (i32.const 1) {grpc_status} {seven}))
+    (call $rec (i32.const 7) (call $remove_header (i32.const 1) {x_remove}))
+    (call $rec (i32.const 8) (call $add_header (i32.const 3) {x_added} {yes}))
+    (call $rec (i32.const 9) (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 10))
+    (call $rec (i32.const 12) (call $set_buffer (i32.const 0) (i32.const 100) (i32.const 0) {tail}))
+    (call $rec (i32.const 13) (call $add_header (i32.const 1) {bad_name} {yes}))
+    (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 14) (call $get_header (i32.const 1) {grpc_status} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 15))
+    (call $rec (i32.const 17) (call $add_header (i32.const 3) {x_added} {yes}))
+    (i32.const 0))
+  (func (export "proxy_on_response_trailers") (param $ctx i32) (param $n i32) (result i32)
+    (call $rec (i32.const 18) (local.get $n))
+    (call $rec (i32.const 19) (call $add_header (i32.const 3) {x_response} {yes}))
+    (call $rec (i32.const 20) (call $get_map_size (i32.const 3) (i32.const 0x80)))
+    (call $rec (i32.const 21) (call $get_pairs (i32.const 3) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 22))
+    (i32.const 0))
+"#,
+        x_added = w.s("x-added"),
+        yes = w.s("yes"),
+        grpc_status = w.s("grpc-status"),
+        seven = w.s("7"),
+        x_remove = w.s("x-remove"),
+        tail = w.s("+tail"),
+        bad_name = w.s("bad name"),
+        x_response = w.s("x-response"),
+    );
+    let mut instance = start("trailers", &w.module(&body), b"");
+    assert_eq!(
+        instance.module().body_callbacks(),
+        BodyCallbacks {
+            request_body: true,
+            request_trailers: true,
+            response_body: false,
+            response_trailers: true,
+        }
+    );
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    instance.on_request_headers(ctx, &mut ex, false).unwrap();
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"chunk"));
+    instance.on_request_body(ctx, &mut ex, false).unwrap();
+    assert_eq!(
+        slot(&instance, 0),
+        BAD_ARGUMENT,
+        "no trailers from a body callback that is not the last"
+    );
+    assert!(ex.request_trailers.is_empty());
+    instance.on_request_body(ctx, &mut ex, true).unwrap();
+    assert_eq!(slot(&instance, 1), OK, "the last body callback may create trailers");
+    assert_eq!(ex.request_trailers.get("x-added"), Some(&b"yes"[..]));
+
+    ex.request_trailers = HeaderList::from_pairs([("grpc-status", "0"), ("x-remove", "1")]);
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"buffered"));
+    assert_eq!(instance.on_request_trailers(ctx, &mut ex).unwrap(), FilterAction::Pause);
+    assert_eq!(slot(&instance, 2), 2, "num_trailers");
+    assert_eq!((slot(&instance, 3), kept(&instance, 4)), (OK, b"0".to_vec()));
+    assert_eq!((slot(&instance, 6), slot(&instance, 7)), (OK, OK));
+    assert_eq!(
+        slot(&instance, 8),
+        BAD_ARGUMENT,
+        "response trailers are not writable in a request callback"
+    );
+    assert_eq!(
+        (slot(&instance, 9), kept(&instance, 10)),
+        (OK, b"buffered".to_vec()),
+        "the body stays readable"
+    );
+    assert_eq!(slot(&instance, 12), OK, "and writable");
+    assert_eq!(slot(&instance, 13), BAD_ARGUMENT);
+    assert_eq!(ex.request_trailers, HeaderList::from_pairs([("grpc-status", "7")]));
+    assert_eq!(ex.request_body.as_slice(), b"buffered+tail");
+
+    ex.response_headers = HeaderList::from_pairs([(":status", "200")]);
+    instance.on_response_headers(ctx, &mut ex, false).unwrap();
+    assert_eq!(
+        (slot(&instance, 14), kept(&instance, 15)),
+        (OK, b"7".to_vec()),
+        "readable anywhere"
+    );
+    assert_eq!(slot(&instance, 17), BAD_ARGUMENT, "not writable from a header callback");
+    ex.response_trailers = HeaderList::from_pairs([("grpc-status", "0")]);
+    instance.on_response_trailers(ctx, &mut ex).unwrap();
+    assert_eq!((slot(&instance, 18), slot(&instance, 19)), (1, OK));
+    let mut expected = Vec::new();
+    codec::serialize_map(
+        &[
+            ("grpc-status".into(), b"0".to_vec()),
+            ("x-response".into(), b"yes".to_vec()),
+        ],
+        &mut expected,
+    );
+    assert_eq!(slot(&instance, 20), OK);
+    assert_eq!((slot(&instance, 21), kept(&instance, 22)), (OK, expected));
+    instance.finish_http_context(ctx, &mut ex);
+    assert!(!instance.is_broken());
+}
+
+#[test]
+fn body_callbacks_fold_resumes_and_may_answer_locally_until_the_response_is_sent() {
+    let mut w = Wat::new();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.const 0) (call $continue_stream (i32.const 0)))
+    (i32.const 1))
+  (func (export "proxy_on_response_body") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.add (i32.const 1) (local.get $eos)) (call $send_local_response (i32.const 413) {details} {reply} (i32.const 0) (i32.const 0) (i32.const -1)))
+    (call $rec (i32.const 3) (call $continue_stream (i32.const 0)))
+    (call $rec (i32.const 4) (call $close_stream (i32.const 1)))
+    (i32.const 1))
+"#,
+        details = w.s("too_big"),
+        reply = w.s("no\n"),
+    );
+    let mut instance = start("resumer", &w.module(&body), b"");
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    assert_eq!(
+        instance.on_request_body(ctx, &mut ex, false).unwrap(),
+        FilterAction::Continue,
+        "a pause resumed during the call continues"
+    );
+    assert_eq!(instance.take_stream_actions(), StreamActions::default());
+    assert_eq!(
+        instance.on_response_body(ctx, &mut ex, false).unwrap(),
+        FilterAction::Pause,
+        "a resume of the other direction does not fold"
+    );
+    assert_eq!(slot(&instance, 1), OK, "a local reply while the response is not sent");
+    assert_eq!(ex.local_reply.as_ref().map(|r| r.status), Some(413));
+    assert_eq!(
+        instance.take_stream_actions(),
+        StreamActions {
+            resume_request: true,
+            reset_response: true,
+            ..Default::default()
+        }
+    );
+    ex.local_reply = None;
+    ex.response_sent = true;
+    instance.on_response_body(ctx, &mut ex, true).unwrap();
+    assert_eq!(
+        slot(&instance, 2),
+        BAD_ARGUMENT,
+        "too late once the response headers went out"
+    );
+    assert_eq!(ex.local_reply, None);
+    instance.finish_http_context(ctx, &mut ex);
+}
+
+#[test]
+fn a_trap_in_a_body_callback_breaks_the_instance_and_returns_the_body() {
+    let body = r#"
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    unreachable)
+"#;
+    let mut instance = start("body-trap", &Wat::new().module(body), b"");
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"kept"));
+    let error = instance.on_request_body(ctx, &mut ex, true).unwrap_err();
+    assert!(error.is_crash(), "{error}");
+    assert!(instance.is_broken());
+    assert_eq!(ex.request_body.as_slice(), b"kept");
+}
+
+/// Host overhead of one body callback that continues, on a warm instance: the standard
+/// router and balancer, built with the SDK, export every callback (run with `--ignored
+/// --nocapture`).
+#[test]
+#[ignore = "timing, not a check"]
+fn body_frame_overhead() {
+    let trivial = Wat::new().module(
+        r#"
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 0))
+"#,
+    );
+    for (name, wasm, config) in [
+        ("trivial WAT guest (host cost)", &trivial[..], &b""[..]),
+        ("router", crate::filters::ROUTER_WASM, &b"{}"[..]),
+        ("balancer", crate::filters::BALANCER_WASM, &b"{}"[..]),
+    ] {
+        let module = load(name, wasm);
+        let Ok(mut instance) = FilterInstance::start(&module, config, &SandboxLimits::default()) else {
+            println!("{name}: does not start with an empty configuration; skipped");
+            continue;
+        };
+        let mut ex = request();
+        let ctx = instance.create_http_context().unwrap();
+        let _ = instance.on_request_headers(ctx, &mut ex, false);
+        let chunk = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+        let n = 200_000;
+        let began = Instant::now();
+        for _ in 0..n {
+            ex.request_body = BodyBuffer::new(chunk.clone());
+            instance.on_request_body(ctx, &mut ex, false).unwrap();
+            let _ = instance.take_stream_actions();
+        }
+        println!("{name}: {:?} per 16 KiB body frame", began.elapsed() / n);
+        instance.finish_http_context(ctx, &mut ex);
+    }
+}
+
 // === hostile guests ===
 
 #[test]

@@ -7,8 +7,11 @@
 //! or after switching to another context) a map is "not available", which Envoy and this host
 //! answer with `BAD_ARGUMENT`. Request and response headers are readable in every HTTP
 //! callback (the response list is empty until the upstream answered) and writable too: a change
-//! after the headers were sent simply has no effect, as in Envoy. Trailers are not built yet:
-//! they read as empty and refuse writes. gRPC and callout maps are never available yet.
+//! after the headers were sent simply has no effect, as in Envoy. Trailers are readable in every
+//! HTTP callback (empty while there are none) and writable in the trailers callback of their
+//! direction, and in its last body callback (`end_of_stream`), where adding one creates the
+//! trailers, as Envoy allows; elsewhere a write is `BAD_ARGUMENT` (Envoy's answer too). gRPC and
+//! callout maps are never available yet.
 //!
 //! Names are compared case-insensitively and stored lowercase. A name must be a token (or a
 //! `:pseudo` token) and a value must have no control characters but tab, so a filter can neither
@@ -24,7 +27,7 @@ use super::map_type::{
 use super::{ENV, Status, status, trappable};
 use crate::wasm::codec::{SerializedMap, serialize_map, serialized_map_size, valid_header_name, valid_header_value};
 use crate::wasm::exchange::{HeaderList, HttpExchange};
-use crate::wasm::host::HostState;
+use crate::wasm::host::{HostState, Phase};
 use crate::wasm::memory::{MAX_GUEST_COPY, bytes, return_bytes, with_memory, write_u32};
 
 /// The most entries a filter can make a header list hold (adding past it is `BAD_ARGUMENT`).
@@ -51,37 +54,49 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 enum Map {
     RequestHeaders,
     ResponseHeaders,
-    /// Request or response trailers: not built yet.
-    Trailers,
+    RequestTrailers,
+    ResponseTrailers,
 }
 
 fn map_of(map_type: i32) -> Result<Map, Status> {
     match map_type {
         HTTP_REQUEST_HEADERS => Ok(Map::RequestHeaders),
         HTTP_RESPONSE_HEADERS => Ok(Map::ResponseHeaders),
-        HTTP_REQUEST_TRAILERS | HTTP_RESPONSE_TRAILERS => Ok(Map::Trailers),
+        HTTP_REQUEST_TRAILERS => Ok(Map::RequestTrailers),
+        HTTP_RESPONSE_TRAILERS => Ok(Map::ResponseTrailers),
         // gRPC metadata and callout responses: no callouts exist yet, so never available.
         4..=HTTP_CALL_RESPONSE_TRAILERS => Err(Status::BadArgument),
         _ => Err(Status::BadArgument),
     }
 }
 
-/// The list to read, `None` for (empty) trailers.
-fn readable(state: &HostState, map: Map) -> Result<Option<&HeaderList>, Status> {
+/// The list to read.
+fn readable(state: &HostState, map: Map) -> Result<&HeaderList, Status> {
     let ex = state.exchange().ok_or(Status::BadArgument)?;
     Ok(match map {
-        Map::RequestHeaders => Some(&ex.request_headers),
-        Map::ResponseHeaders => Some(&ex.response_headers),
-        Map::Trailers => None,
+        Map::RequestHeaders => &ex.request_headers,
+        Map::ResponseHeaders => &ex.response_headers,
+        Map::RequestTrailers => &ex.request_trailers,
+        Map::ResponseTrailers => &ex.response_trailers,
     })
 }
 
 fn writable(state: &mut HostState, map: Map) -> Result<&mut HeaderList, Status> {
+    let (phase, end_of_stream) = (state.phase, state.end_of_stream);
     let ex: &mut HttpExchange = state.exchange_mut().ok_or(Status::BadArgument)?;
     match map {
         Map::RequestHeaders => Ok(&mut ex.request_headers),
         Map::ResponseHeaders => Ok(&mut ex.response_headers),
-        Map::Trailers => Err(Status::BadArgument),
+        Map::RequestTrailers => match phase {
+            Phase::RequestTrailers => Ok(&mut ex.request_trailers),
+            Phase::RequestBody if end_of_stream => Ok(&mut ex.request_trailers),
+            _ => Err(Status::BadArgument),
+        },
+        Map::ResponseTrailers => match phase {
+            Phase::ResponseTrailers => Ok(&mut ex.response_trailers),
+            Phase::ResponseBody if end_of_stream => Ok(&mut ex.response_trailers),
+            _ => Err(Status::BadArgument),
+        },
     }
 }
 
@@ -112,9 +127,7 @@ fn proxy_get_header_map_pairs(
         Err(s) => return Ok(s as i32),
     };
     trappable(return_bytes(&mut caller, ret_ptr, ret_len, |_, state, out| {
-        let Some(list) = readable(state, map)? else {
-            return Ok(());
-        };
+        let list = readable(state, map)?;
         if list.is_empty() {
             return Ok(());
         }
@@ -160,9 +173,7 @@ fn proxy_get_header_map_value(
     };
     trappable(return_bytes(&mut caller, ret_ptr, ret_len, |mem, state, out| {
         let key = bytes(mem, key_ptr, key_len)?;
-        let found = readable(state, map)?
-            .and_then(|list| list.get_bytes(key))
-            .ok_or(Status::NotFound)?;
+        let found = readable(state, map)?.get_bytes(key).ok_or(Status::NotFound)?;
         out.extend_from_slice(found);
         Ok(())
     }))
@@ -222,9 +233,11 @@ fn proxy_remove_header_map_value(mut caller: Caller<'_, HostState>, map_type: i3
 fn proxy_get_header_map_size(mut caller: Caller<'_, HostState>, map_type: i32, ret_size: i32) -> i32 {
     status(with_memory(&mut caller, |mem, state| {
         let map = map_of(map_type)?;
-        let size = match readable(state, map)? {
-            Some(list) if !list.is_empty() => serialized_map_size(list.entries()).ok_or(Status::BadArgument)?,
-            _ => 0,
+        let list = readable(state, map)?;
+        let size = if list.is_empty() {
+            0
+        } else {
+            serialized_map_size(list.entries()).ok_or(Status::BadArgument)?
         };
         write_u32(mem, ret_size, size as u32)
     }))

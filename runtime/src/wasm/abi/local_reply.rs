@@ -2,9 +2,11 @@
 //!
 //! The reply is recorded in [`HttpExchange::local_reply`](crate::wasm::HttpExchange) and sent by
 //! the proxy after the callback returns (the C++ host defers it the same way), so a hostcall
-//! never re-enters the proxy's state machine. It is allowed while the response headers have
-//! not been sent downstream: in `proxy_on_request_headers` and `proxy_on_response_headers`.
-//! Anywhere else (`proxy_on_configure`, `proxy_on_log`, another context) it is `BAD_ARGUMENT`.
+//! never re-enters the proxy's state machine. It is allowed in the request's header, body and
+//! trailer callbacks while the response headers have not been sent downstream
+//! ([`HttpExchange::response_sent`](crate::wasm::HttpExchange)). Anywhere else
+//! (`proxy_on_configure`, `proxy_on_log`, another context, a response body callback once the
+//! response is streaming) it is `BAD_ARGUMENT`.
 //! A second reply in the same request replaces the first.
 
 use wasmtime::{Caller, Linker};
@@ -43,10 +45,21 @@ fn proxy_send_local_response(
         let details = bytes(mem, details_ptr, details_len)?;
         let body = bytes(mem, body_ptr, body_len)?;
         let headers = bytes(mem, headers_ptr, headers_len)?;
-        if !matches!(state.phase, Phase::RequestHeaders | Phase::ResponseHeaders) {
+        if !matches!(
+            state.phase,
+            Phase::RequestHeaders
+                | Phase::RequestBody
+                | Phase::RequestTrailers
+                | Phase::ResponseHeaders
+                | Phase::ResponseBody
+                | Phase::ResponseTrailers
+        ) {
             return Err(Status::BadArgument);
         }
         let ex = state.exchange_mut().ok_or(Status::BadArgument)?;
+        if ex.response_sent {
+            return Err(Status::BadArgument);
+        }
         let status = u16::try_from(status_code)
             .ok()
             .filter(|s| (100..=999).contains(s))

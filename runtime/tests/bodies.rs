@@ -1,0 +1,531 @@
+//! Bodies and trailers through the filter chain.
+//!
+//! - The `body-rewrite` example filter (`filters/examples/body-rewrite`, the plain `proxy-wasm`
+//!   0.2.5 crate, no tidegate SDK) is built for wasm32-wasip1 and driven through the public
+//!   `tidegate::wasm` API the way the proxy drives it: pausing bodies while the host buffers,
+//!   cumulative sizes, rewriting the buffer, creating and extending trailers. (User filters
+//!   cannot be attached through configuration yet; the proxy-level tests with real traffic
+//!   through this filter live next to the request flow, `runtime/src/proxy/http/tests.rs`.)
+//! - The real `tidegate` binary in standalone mode, whose standard router and balancer (built
+//!   with the SDK, so they export every body and trailer callback) see every frame: large bodies,
+//!   HTTP/2 and chunked HTTP/1.1 trailers must come through intact both ways.
+
+use std::convert::Infallible;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{HeaderMap, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tidegate::wasm::{BodyBuffer, FilterAction, FilterInstance, HeaderList, HttpExchange, SandboxLimits, WasmRuntime};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+
+// === the body-rewrite filter through the wasm API ===
+
+/// Builds `filters/examples/body-rewrite` (once), into `target/examples`.
+fn body_rewrite_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("runtime/ sits in the workspace");
+        let target = workspace.join("target/examples");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace)
+            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .arg(workspace.join("filters/examples/body-rewrite/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target);
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_BUILD_RUSTFLAGS",
+            "CARGO_MAKEFLAGS",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("run cargo to build the body-rewrite example");
+        assert!(status.success(), "building filters/examples/body-rewrite failed");
+        std::fs::read(target.join("wasm32-wasip1/release/body_rewrite.wasm")).expect("read body_rewrite.wasm")
+    })
+}
+
+fn runtime() -> &'static WasmRuntime {
+    static RUNTIME: OnceLock<WasmRuntime> = OnceLock::new();
+    RUNTIME.get_or_init(|| WasmRuntime::with_max_instances(20).expect("engine"))
+}
+
+fn instance(config: &str) -> FilterInstance {
+    let module = runtime()
+        .load("body-rewrite", body_rewrite_wasm())
+        .unwrap_or_else(|e| panic!("{e}"));
+    FilterInstance::start(&module, config.as_bytes(), &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn exchange() -> HttpExchange {
+    HttpExchange {
+        request_headers: HeaderList::from_pairs([
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "app.test"),
+            (":path", "/"),
+            ("content-length", "16"),
+        ]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_filter_exports_every_body_and_trailer_callback() {
+    let module = runtime()
+        .load("body-rewrite", body_rewrite_wasm())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let callbacks = module.body_callbacks();
+    assert!(
+        callbacks.request_body && callbacks.request_trailers && callbacks.response_body && callbacks.response_trailers,
+        "{callbacks:?}"
+    );
+    let rejected = FilterInstance::start(&module, b"colour=blue", &SandboxLimits::default());
+    assert!(rejected.is_err(), "a bad configuration is refused");
+}
+
+#[test]
+fn a_paused_request_body_is_buffered_rewritten_and_gets_a_trailer() {
+    let mut filter = instance("");
+    let mut ex = exchange();
+    let ctx = filter.create_http_context().expect("context");
+    assert_eq!(
+        filter.on_request_headers(ctx, &mut ex, false).expect("headers"),
+        FilterAction::Pause,
+        "the filter holds the headers until it has rewritten the body"
+    );
+    // The host buffers for the paused filter and calls again with everything so far.
+    ex.request_body = BodyBuffer::new(Bytes::from_static(b"hel"));
+    assert_eq!(
+        filter.on_request_body(ctx, &mut ex, false).expect("body"),
+        FilterAction::Pause
+    );
+    assert_eq!(ex.request_body.as_slice(), b"hel", "nothing rewritten before the end");
+    ex.request_body.append(Bytes::from_static(b"lo, hello"));
+    ex.request_body.append(Bytes::from_static(b" you"));
+    assert_eq!(
+        filter.on_request_body(ctx, &mut ex, true).expect("last body"),
+        FilterAction::Continue
+    );
+    assert_eq!(ex.request_body.as_slice(), b"howdy, howdy you");
+    assert!(ex.request_body.is_modified());
+    assert_eq!(
+        ex.request_trailers,
+        HeaderList::from_pairs([("x-body-rewrites", "2")]),
+        "trailers created in the last body callback"
+    );
+    filter.finish_http_context(ctx, &mut ex);
+    assert_eq!(filter.open_contexts(), 0);
+    assert!(!filter.is_broken());
+}
+
+#[test]
+fn a_response_ending_with_trailers_is_rewritten_in_the_trailers_callback() {
+    let mut filter = instance("from=secret\nto=[redacted]\ntrailer=x-redactions");
+    let mut ex = exchange();
+    let ctx = filter.create_http_context().expect("context");
+    assert_eq!(
+        filter.on_request_headers(ctx, &mut ex, true).expect("headers"),
+        FilterAction::Continue
+    );
+    ex.response_headers = HeaderList::from_pairs([(":status", "200"), ("content-length", "20")]);
+    assert_eq!(
+        filter.on_response_headers(ctx, &mut ex, false).expect("headers"),
+        FilterAction::Pause
+    );
+    ex.response_body = BodyBuffer::new(Bytes::from_static(b"the secret is: secret"));
+    assert_eq!(
+        filter.on_response_body(ctx, &mut ex, false).expect("body"),
+        FilterAction::Pause
+    );
+    // gRPC style: the stream ends with trailers, never with an end-of-stream body frame.
+    ex.response_trailers = HeaderList::from_pairs([("grpc-status", "0")]);
+    assert_eq!(
+        filter.on_response_trailers(ctx, &mut ex).expect("trailers"),
+        FilterAction::Continue
+    );
+    assert_eq!(ex.response_body.as_slice(), b"the [redacted] is: [redacted]");
+    assert_eq!(
+        ex.response_trailers,
+        HeaderList::from_pairs([("grpc-status", "0"), ("x-redactions", "2")])
+    );
+    filter.finish_http_context(ctx, &mut ex);
+}
+
+#[test]
+fn without_holding_headers_the_filter_drops_content_length() {
+    let mut filter = instance("hold_headers=false\ntrailer=");
+    let mut ex = exchange();
+    let ctx = filter.create_http_context().expect("context");
+    assert_eq!(
+        filter.on_request_headers(ctx, &mut ex, false).expect("headers"),
+        FilterAction::Continue
+    );
+    assert_eq!(ex.request_headers.get("content-length"), None);
+    ex.request_body = BodyBuffer::new(Bytes::from_static(b"hello"));
+    assert_eq!(
+        filter.on_request_body(ctx, &mut ex, true).expect("body"),
+        FilterAction::Continue
+    );
+    assert_eq!(ex.request_body.as_slice(), b"howdy");
+    assert!(ex.request_trailers.is_empty(), "no trailer configured");
+    filter.finish_http_context(ctx, &mut ex);
+}
+
+// === the standard chain end to end (real binary) ===
+
+/// A child process killed when the test ends (also on panic).
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(args: &[&str], log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("create log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start tidegate");
+        Self { child, log }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- tidegate log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn admin_ready(addr: &str) -> bool {
+    use std::io::Write as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(stream, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+}
+
+type Frames = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+fn frames(frames: Vec<Frame<Bytes>>) -> Frames {
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = frames.into_iter().map(Ok).collect();
+    StreamBody::new(futures::stream::iter(frames))
+}
+
+fn header_map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(*name, value.parse().expect("header value"));
+    }
+    map
+}
+
+/// The upstream: echoes the request body, says in headers what it received (`x-seen-*`), and
+/// with `x-want-trailers` ends the response with an `x-upstream` trailer.
+async fn echo(request: Request<Incoming>) -> Result<Response<Frames>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (collected.to_bytes(), trailers)
+        }
+        Err(e) => (
+            Bytes::from(format!("upstream could not read the body: {e}")),
+            HeaderMap::new(),
+        ),
+    };
+    let mut seen: Vec<String> = trailers
+        .iter()
+        .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+        .collect();
+    seen.sort();
+    let want_trailers = parts.headers.contains_key("x-want-trailers");
+    let mut list = vec![Frame::data(body.clone())];
+    if want_trailers {
+        list.push(Frame::trailers(header_map(&[("x-upstream", "done")])));
+    }
+    let mut response = Response::new(frames(list));
+    let headers = response.headers_mut();
+    let content_length = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    headers.insert("x-seen-content-length", content_length.parse().expect("value"));
+    headers.insert(
+        "x-seen-trailers",
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(";")
+        }
+        .parse()
+        .expect("value"),
+    );
+    if want_trailers {
+        headers.insert("trailer", "x-upstream".parse().expect("value"));
+    } else {
+        headers.insert("content-length", body.len().into());
+    }
+    Ok(response)
+}
+
+/// Starts the echo upstream (HTTP/1.1 and h2c on one port) on its own thread.
+fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+struct Got {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(absent)")
+    }
+}
+
+async fn send(addr: SocketAddr, h2: bool, request: Request<Frames>) -> Got {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to tidegate");
+    let io = TokioIo::new(stream);
+    let response = if h2 {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(connection);
+        sender.send_request(request).await.expect("h2 request")
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+        tokio::spawn(connection);
+        sender.send_request(request).await.expect("h1 request")
+    };
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("response body");
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        trailers: collected.trailers().cloned(),
+        body: collected.to_bytes(),
+    }
+}
+
+fn post(
+    h2: bool,
+    path: &str,
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    headers: &[(&'static str, &str)],
+) -> Request<Frames> {
+    let mut list: Vec<Frame<Bytes>> = chunks.into_iter().map(Frame::data).collect();
+    if let Some(trailers) = trailers {
+        list.push(Frame::trailers(trailers));
+    }
+    let uri = if h2 {
+        format!("http://app.test{path}")
+    } else {
+        path.to_string()
+    };
+    let mut request = Request::post(uri).body(frames(list)).expect("request");
+    if !h2 {
+        request.headers_mut().insert("host", "app.test".parse().expect("value"));
+    }
+    for (name, value) in headers {
+        request.headers_mut().append(*name, value.parse().expect("value"));
+    }
+    request
+}
+
+const GATEWAY: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns}
+spec:
+  gatewayClassName: tidegate
+  listeners:
+  - {name: http, protocol: HTTP, port: 80}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: ns}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /h1}}]
+    backendRefs: [{name: web, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /h2c}}]
+    backendRefs: [{name: web-h2c, port: 8080}]
+"#;
+
+fn service(name: &str, app_protocol: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  ports: [{{name: http, port: 8080, targetPort: 3000{app_protocol}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-0, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]\nports: [{{name: http, port: {port}}}]\n"
+    )
+}
+
+#[test]
+fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
+    let upstream = start_upstream();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join("gateway.yaml"), GATEWAY).expect("write");
+    std::fs::write(config.join("web.yaml"), service("web", "", upstream.port())).expect("write");
+    std::fs::write(
+        config.join("web-h2c.yaml"),
+        service("web-h2c", ", appProtocol: kubernetes.io/h2c", upstream.port()),
+    )
+    .expect("write");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let offset = free_port() - 80;
+    let _tidegate = Proc::start(
+        &[
+            "run",
+            "--config-dir",
+            config.to_str().expect("utf-8 path"),
+            "--admin",
+            &admin,
+            "--listen-address",
+            "127.0.0.1",
+            "--port-offset",
+            &offset.to_string(),
+            "--workers",
+            "1",
+        ],
+        dir.path().join("tidegate.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !admin_ready(&admin) {
+        assert!(Instant::now() < deadline, "tidegate did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proxy: SocketAddr = format!("127.0.0.1:{}", 80 + offset).parse().expect("addr");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async {
+        // A large body in many frames, with a content-length, over HTTP/1.1 to HTTP/1.1.
+        let chunk = Bytes::from((0..16 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let chunks: Vec<Bytes> = (0..40).map(|_| chunk.clone()).collect();
+        let total = chunk.len() * chunks.len();
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let got = send(
+            proxy,
+            false,
+            post(
+                false,
+                "/h1",
+                chunks.clone(),
+                None,
+                &[("content-length", &total.to_string())],
+            ),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-seen-content-length"), total.to_string());
+        assert!(
+            got.body == expected,
+            "the body came back intact ({} bytes)",
+            got.body.len()
+        );
+        assert_eq!(got.header("content-length"), total.to_string());
+
+        // HTTP/2 with trailers to an h2c upstream: trailers both ways.
+        for (path, h2) in [("/h2c", true), ("/h1", true), ("/h2c", false)] {
+            let te: &[(&'static str, &str)] = if h2 {
+                &[("x-want-trailers", "1"), ("te", "trailers")]
+            } else {
+                &[("x-want-trailers", "1"), ("te", "trailers"), ("trailer", "x-client")]
+            };
+            let got = send(
+                proxy,
+                h2,
+                post(
+                    h2,
+                    path,
+                    vec![Bytes::from_static(b"part one, "), Bytes::from_static(b"part two")],
+                    Some(header_map(&[("x-client", "1")])),
+                    te,
+                ),
+            )
+            .await;
+            let case = format!("{path} over {}", if h2 { "HTTP/2" } else { "HTTP/1.1" });
+            assert_eq!(got.status, 200, "{case}");
+            assert_eq!(got.body, Bytes::from_static(b"part one, part two"), "{case}");
+            assert_eq!(got.header("x-seen-trailers"), "x-client=1", "{case}");
+            let trailers = got.trailers.unwrap_or_else(|| panic!("{case}: no response trailers"));
+            assert_eq!(
+                trailers.get("x-upstream").map(|v| v.as_bytes()),
+                Some(&b"done"[..]),
+                "{case}"
+            );
+        }
+    });
+}

@@ -1,0 +1,281 @@
+//! Shared by the standalone-mode integration tests: child-process guards, a running tidegate
+//! with its config directory and echo backends, curl as the client, config builders.
+//! Included with `#[path]`, so every test file gets its own copy; not all use everything.
+#![allow(dead_code)]
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+
+/// A child process killed when the test ends (also on panic).
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str], log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("create log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start tidegate");
+        Self {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// GET over plain HTTP/1.1 with std only (used for the admin server).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub struct Curl {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+    pub http_version: String,
+}
+
+pub fn curl(args: &[&str]) -> Curl {
+    let marker = "\n--tidegate-test--";
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr", "-w"])
+        .arg(format!("{marker}%{{http_code}} %{{http_version}}"))
+        .args(args)
+        .output()
+        .expect("run curl (install curl)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, tail) = stdout.rsplit_once(marker).unwrap_or((&stdout, "000 0"));
+    let mut tail = tail.split_whitespace();
+    Curl {
+        status: tail.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+        http_version: tail.next().unwrap_or_default().to_string(),
+        headers: String::from_utf8_lossy(&output.stderr).into_owned(),
+        body: body.to_string(),
+    }
+}
+
+/// Status of every transfer of one curl run (several URLs reuse one connection).
+pub fn curl_statuses(args: &[&str]) -> Vec<u16> {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "%{http_code}\n"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// One test environment: a config dir, echo backends and a running tidegate.
+pub struct Env {
+    pub admin: String,
+    pub offset: u16,
+    pub tidegate: Option<Proc>,
+    pub _echoes: Vec<Proc>,
+    // Last: fields drop in order, and the processes' logs live in this directory.
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Backend {
+    pub pod: &'static str,
+    pub http: u16,
+    pub h2c: u16,
+}
+
+impl Env {
+    pub fn new(backends: &[&'static str]) -> (Self, Vec<Backend>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let mut echoes = Vec::new();
+        let mut ports = Vec::new();
+        for pod in backends {
+            let (http, h2c) = (free_port(), free_port());
+            let listen = format!("127.0.0.1:{http}");
+            let h2c_listen = format!("127.0.0.1:{h2c}");
+            echoes.push(Proc::start(
+                pod,
+                &[
+                    "echo",
+                    "--listen",
+                    &listen,
+                    "--h2c-listen",
+                    &h2c_listen,
+                    "--namespace",
+                    "ns",
+                    "--pod",
+                    pod,
+                ],
+                &logs,
+            ));
+            ports.push(Backend { pod, http, h2c });
+        }
+        // Port 80 of the Gateway is bound at 80 + offset.
+        let offset = free_port() - 80;
+        let env = Env {
+            dir,
+            admin: format!("127.0.0.1:{}", free_port()),
+            offset,
+            _echoes: echoes,
+            tidegate: None,
+        };
+        (env, ports)
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        let dir = self.config_dir();
+        std::fs::create_dir_all(&dir).expect("config dir");
+        // Write then rename, as editors and ConfigMap volumes do, so a half-written file is never read.
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename config");
+    }
+
+    pub fn start(&mut self) {
+        let offset = self.offset.to_string();
+        let config = self.config_dir();
+        let args = [
+            "run",
+            "--config-dir",
+            config.to_str().expect("utf-8 path"),
+            "--admin",
+            &self.admin,
+            "--listen-address",
+            "127.0.0.1",
+            "--port-offset",
+            &offset,
+            "--workers",
+            "2",
+        ];
+        self.tidegate = Some(Proc::start("tidegate", &args, &self.dir.path().join("logs")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(&self.admin, "/ready").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "tidegate did not become ready:\n{}",
+            self.tidegate.as_ref().map(|p| p.log()).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self, gateway_port: u16, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", gateway_port + self.offset)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        json(&http_get(&self.admin, "/status").expect("admin /status").1)
+    }
+
+    /// Polls until `check` holds (config edits apply asynchronously), at most `limit`.
+    pub fn eventually(&self, limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{what} did not happen within {limit:?}");
+    }
+}
+
+pub fn gateway(extra_listeners: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: ns}}
+spec:
+  gatewayClassName: tidegate
+  listeners:
+  - {{name: http, protocol: HTTP, port: 80}}
+{extra_listeners}"#
+    )
+}
+
+pub fn service(name: &str, app_protocol: Option<&str>, backends: &[&Backend], h2c: bool) -> String {
+    let app_protocol = app_protocol.map(|p| format!(", appProtocol: {p}")).unwrap_or_default();
+    let mut text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  ports: [{{name: http, port: 8080, targetPort: 3000{app_protocol}}}]\n"
+    );
+    for backend in backends {
+        let port = if h2c { backend.h2c } else { backend.http };
+        text.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{pod}, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]\nports: [{{name: http, port: {port}}}]\n",
+            pod = backend.pod
+        ));
+    }
+    text
+}
+
+pub fn route(name: &str, path: &str, service: &str) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: ns}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{name: {service}, port: 8080}}]
+"#
+    )
+}
