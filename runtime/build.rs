@@ -17,6 +17,7 @@ const FILTERS: &[(&str, &str)] = &[
     ("tidegate-router", "tidegate_router"),
     ("tidegate-balancer", "tidegate_balancer"),
     ("tidegate-unavailable", "tidegate_unavailable"),
+    ("body-rewrite", "body_rewrite"),
     ("header-rewrite", "header_rewrite"),
     ("hostile", "hostile"),
 ];

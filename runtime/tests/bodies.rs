@@ -3,20 +3,23 @@
 //! - The `body-rewrite` example filter (`filters/examples/body-rewrite`, the plain `proxy-wasm`
 //!   0.2.5 crate, no tidegate SDK) is built for wasm32-wasip1 and driven through the public
 //!   `tidegate::wasm` API the way the proxy drives it: pausing bodies while the host buffers,
-//!   cumulative sizes, rewriting the buffer, creating and extending trailers. (User filters
-//!   cannot be attached through configuration yet; the proxy-level tests with real traffic
-//!   through this filter live next to the request flow, `runtime/src/proxy/http/tests.rs`.)
-//! - The real `tidegate` binary in standalone mode, whose standard router and balancer (built
-//!   with the SDK, so they export every body and trailer callback) see every frame: large bodies,
-//!   HTTP/2 and chunked HTTP/1.1 trailers must come through intact both ways.
+//!   cumulative sizes, rewriting the buffer, creating and extending trailers.
+//! - The real `tidegate` binary in standalone mode with an in-test upstream that reports what it
+//!   received: the standard router and balancer (built with the SDK, so they export every body
+//!   and trailer callback and see every frame) must pass large bodies and HTTP/2 and chunked
+//!   HTTP/1.1 trailers intact both ways; and the same filter attached by a WasmFilter object
+//!   rewrites bodies, fixes `content-length`, adds trailers and enforces the buffer limit.
+//!
+//! More cases (failure policies, resets, local replies from body callbacks, length checks) run
+//! in-process against the request flow itself: `runtime/src/proxy/http/tests.rs`.
 
 use std::convert::Infallible;
-use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+
+#[path = "common/env.rs"]
+mod env;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -25,37 +28,17 @@ use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tidegate::wasm::{BodyBuffer, FilterAction, FilterInstance, HeaderList, HttpExchange, SandboxLimits, WasmRuntime};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+use env::{Env, gateway, http_get};
 
 // === the body-rewrite filter through the wasm API ===
 
 /// Builds `filters/examples/body-rewrite` (once), into `target/examples`.
 fn body_rewrite_wasm() -> &'static [u8] {
+    // Built by runtime/build.rs together with the standard filters.
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("runtime/ sits in the workspace");
-        let target = workspace.join("target/examples");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(workspace.join("filters/examples/body-rewrite/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target);
-        for var in [
-            "RUSTFLAGS",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "CARGO_BUILD_TARGET",
-            "CARGO_BUILD_RUSTFLAGS",
-            "CARGO_MAKEFLAGS",
-            "RUSTC_WORKSPACE_WRAPPER",
-        ] {
-            cmd.env_remove(var);
-        }
-        let status = cmd.status().expect("run cargo to build the body-rewrite example");
-        assert!(status.success(), "building filters/examples/body-rewrite failed");
-        std::fs::read(target.join("wasm32-wasip1/release/body_rewrite.wasm")).expect("read body_rewrite.wasm")
+        let path = Path::new(env!("TIDEGATE_EXAMPLE_FILTERS")).join("body_rewrite.wasm");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     })
 }
 
@@ -187,61 +170,6 @@ fn without_holding_headers_the_filter_drops_content_length() {
 }
 
 // === the standard chain end to end (real binary) ===
-
-/// A child process killed when the test ends (also on panic).
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(args: &[&str], log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(BIN)
-            .args(args)
-            .stdout(file.try_clone().expect("clone log handle"))
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start tidegate");
-        Self { child, log }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- tidegate log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-fn admin_ready(addr: &str) -> bool {
-    use std::io::Write as _;
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(stream, "GET /ready HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
-}
 
 type Frames = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
@@ -401,15 +329,8 @@ fn post(
     request
 }
 
-const GATEWAY: &str = r#"apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: ns}
-spec:
-  gatewayClassName: tidegate
-  listeners:
-  - {name: http, protocol: HTTP, port: 80}
----
-apiVersion: gateway.networking.k8s.io/v1
+fn routes() -> &'static str {
+    r#"apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: web, namespace: ns}
 spec:
@@ -419,7 +340,8 @@ spec:
     backendRefs: [{name: web, port: 8080}]
   - matches: [{path: {type: PathPrefix, value: /h2c}}]
     backendRefs: [{name: web-h2c, port: 8080}]
-"#;
+"#
+}
 
 fn service(name: &str, app_protocol: &str, port: u16) -> String {
     format!(
@@ -427,50 +349,46 @@ fn service(name: &str, app_protocol: &str, port: u16) -> String {
     )
 }
 
-#[test]
-fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
+/// tidegate in front of the in-test upstream: `/h1` over HTTP/1.1, `/h2c` over h2c; with
+/// `filter`, the `body-rewrite` module and a WasmFilter with that configuration are added.
+fn start(filter: Option<&str>) -> (Env, SocketAddr) {
     let upstream = start_upstream();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&config).expect("config dir");
-    std::fs::write(config.join("gateway.yaml"), GATEWAY).expect("write");
-    std::fs::write(config.join("web.yaml"), service("web", "", upstream.port())).expect("write");
-    std::fs::write(
-        config.join("web-h2c.yaml"),
-        service("web-h2c", ", appProtocol: kubernetes.io/h2c", upstream.port()),
-    )
-    .expect("write");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let offset = free_port() - 80;
-    let _tidegate = Proc::start(
-        &[
-            "run",
-            "--config-dir",
-            config.to_str().expect("utf-8 path"),
-            "--admin",
-            &admin,
-            "--listen-address",
-            "127.0.0.1",
-            "--port-offset",
-            &offset.to_string(),
-            "--workers",
-            "1",
-        ],
-        dir.path().join("tidegate.log"),
+    let (mut env, _) = Env::new(&[]);
+    env.write("gateway.yaml", &gateway(""));
+    env.write("routes.yaml", routes());
+    env.write("web.yaml", &service("web", "", upstream.port()));
+    env.write(
+        "web-h2c.yaml",
+        &service("web-h2c", ", appProtocol: kubernetes.io/h2c", upstream.port()),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !admin_ready(&admin) {
-        assert!(Instant::now() < deadline, "tidegate did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
+    if let Some(config) = filter {
+        let modules = env.config_dir().join("modules");
+        std::fs::create_dir_all(&modules).expect("modules dir");
+        std::fs::write(modules.join("body-rewrite.wasm"), body_rewrite_wasm()).expect("write module");
+        env.write(
+            "filter.yaml",
+            &format!(
+                "apiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: body-rewrite, namespace: ns}}\nspec:\n  module: {{file: modules/body-rewrite.wasm}}\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}]\n  config: {config:?}\n"
+            ),
+        );
     }
-    let proxy: SocketAddr = format!("127.0.0.1:{}", 80 + offset).parse().expect("addr");
+    env.start();
+    let proxy: SocketAddr = format!("127.0.0.1:{}", 80 + env.offset).parse().expect("addr");
+    (env, proxy)
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("client runtime");
-    runtime.block_on(async {
+        .expect("client runtime")
+}
+
+#[test]
+fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
+    let (_env, proxy) = start(None);
+    client_runtime().block_on(async {
         // A large body in many frames, with a content-length, over HTTP/1.1 to HTTP/1.1.
         let chunk = Bytes::from((0..16 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let chunks: Vec<Bytes> = (0..40).map(|_| chunk.clone()).collect();
@@ -497,13 +415,12 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
         );
         assert_eq!(got.header("content-length"), total.to_string());
 
-        // HTTP/2 with trailers to an h2c upstream: trailers both ways.
+        // Trailers both ways: HTTP/2 to h2c and to HTTP/1.1, chunked HTTP/1.1 to h2c. An
+        // HTTP/1.1 hop carries only trailers announced in a `trailer` header (hyper's rule, and
+        // RFC 9110 §6.6.2's advice), so the clients announce theirs.
         for (path, h2) in [("/h2c", true), ("/h1", true), ("/h2c", false)] {
-            let te: &[(&'static str, &str)] = if h2 {
-                &[("x-want-trailers", "1"), ("te", "trailers")]
-            } else {
-                &[("x-want-trailers", "1"), ("te", "trailers"), ("trailer", "x-client")]
-            };
+            let headers: &[(&'static str, &str)] =
+                &[("x-want-trailers", "1"), ("te", "trailers"), ("trailer", "x-client")];
             let got = send(
                 proxy,
                 h2,
@@ -512,7 +429,7 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
                     path,
                     vec![Bytes::from_static(b"part one, "), Bytes::from_static(b"part two")],
                     Some(header_map(&[("x-client", "1")])),
-                    te,
+                    headers,
                 ),
             )
             .await;
@@ -528,4 +445,64 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
             );
         }
     });
+}
+
+#[test]
+fn a_wasmfilter_rewrites_bodies_and_adds_trailers_end_to_end() {
+    let (env, proxy) = start(Some("to=good morning"));
+    client_runtime().block_on(async {
+        // HTTP/1.1: the filter holds the headers, rewrites, and creates a trailer, so the
+        // request goes on chunked, announcing it.
+        let got = send(
+            proxy,
+            false,
+            post(
+                false,
+                "/h1",
+                vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo world")],
+                None,
+                &[("content-length", "11")],
+            ),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        assert_eq!(got.header("x-seen-content-length"), "none");
+        assert_eq!(got.header("x-seen-trailers"), "x-body-rewrites=1");
+        assert_eq!(got.body, Bytes::from_static(b"good morning world"));
+
+        // HTTP/2 with trailers: the filter rewrites in its trailers callback and adds to them,
+        // both ways.
+        let got = send(
+            proxy,
+            true,
+            post(
+                true,
+                "/h2c",
+                vec![Bytes::from_static(b"hello, "), Bytes::from_static(b"hello")],
+                Some(header_map(&[("x-client", "1")])),
+                &[("x-want-trailers", "1")],
+            ),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-seen-trailers"), "x-body-rewrites=2;x-client=1");
+        assert_eq!(got.body, Bytes::from_static(b"good morning, good morning"));
+        let trailers = got.trailers.expect("response trailers");
+        assert_eq!(trailers.get("x-upstream").map(|v| v.as_bytes()), Some(&b"done"[..]));
+        assert_eq!(trailers.get("x-body-rewrites").map(|v| v.as_bytes()), Some(&b"0"[..]));
+
+        // Over the buffer limit (1 MiB): 413, counted.
+        let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
+        let got = send(proxy, true, post(true, "/h2c", vec![chunk; 20], None, &[])).await;
+        assert_eq!(got.status, 413, "{}", String::from_utf8_lossy(&got.body));
+    });
+    let (_, metrics) = http_get(&env.admin, "/metrics").expect("admin /metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tidegate_body_buffer_limit_total{")
+                && l.contains("direction=\"request\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }

@@ -10,7 +10,7 @@ use base64::Engine as _;
 #[path = "common/env.rs"]
 mod env;
 
-use env::{Backend, Env, curl, curl_statuses, gateway, http_get, json, route, service};
+use env::{Env, curl, curl_statuses, gateway, http_get, json, route, service};
 
 #[test]
 fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {

@@ -353,6 +353,18 @@ fn the_filter_tutorial_works_as_written() {
     assert_eq!(allowed.status, 200, "{}\n{}", allowed.head, allowed.body);
     assert_eq!(allowed.header("x-hello"), Some("tidegate"));
 
+    // A configuration the filter rejects does not apply; the previous one keeps serving.
+    edit(&file, "value: tidegate, ", "");
+    std::thread::sleep(Duration::from_secs(2));
+    let kept = curl(&url, &["x-user: ann"]);
+    assert_eq!(kept.status, 200, "{}\n{}", kept.head, kept.body);
+    assert_eq!(
+        kept.header("x-hello"),
+        Some("tidegate"),
+        "the rejected configuration applied"
+    );
+    assert_eq!(curl(&url, &[]).status, 403);
+
     eprintln!("tutorial: every step passed in {:.1?}", began.elapsed());
 }
 

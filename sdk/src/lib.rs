@@ -33,7 +33,7 @@
 //! the host answers (a panic aborts the VM, and its requests fail by the filter's failure
 //! policy). Readers return `None` when the value is not there; writers log a refusal at `warn`;
 //! [`Verdict::apply`] logs at `error`. The helpers call the host through their own declarations of
-//! the four imports they use, because `proxy_wasm::hostcalls` panics on statuses it does not
+//! the imports they use, because `proxy_wasm::hostcalls` panics on statuses it does not
 //! expect.
 //!
 //! # Testing

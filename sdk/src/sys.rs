@@ -1,4 +1,4 @@
-//! The four proxy-wasm imports the helpers call, declared here rather than reached through
+//! The five proxy-wasm imports the helpers call, declared here rather than reached through
 //! `proxy_wasm::hostcalls`, so that no status a host answers can make a helper panic.
 //!
 //! `proxy-wasm` 0.2.5 panics on any status its wrapper does not expect (`set_property` accepts
@@ -66,6 +66,11 @@ pub(crate) fn send_local_response(
     headers: &[(&str, &str)],
 ) -> Result<(), Status> {
     imp::send_local_response(status, details.as_bytes(), body, &serialize_map(headers))
+}
+
+/// Resets the current request's stream (`proxy_close_stream(HTTP_REQUEST)`).
+pub(crate) fn close_request() -> Result<(), Status> {
+    imp::close_stream(0)
 }
 
 /// A header map in the ABI's serialization (spec "Serialization"): `u32` count, `count` ×
@@ -151,6 +156,7 @@ mod imp {
             results_data: *mut *mut u8,
             results_size: *mut usize,
         ) -> u32;
+        fn proxy_close_stream(stream_type: u32) -> u32;
         fn proxy_send_local_response(
             status_code: u32,
             status_code_details_data: *const u8,
@@ -205,6 +211,11 @@ mod imp {
         Ok(take(data, size))
     }
 
+    pub(super) fn close_stream(stream_type: u32) -> Result<(), Status> {
+        // SAFETY: no pointers.
+        status(unsafe { proxy_close_stream(stream_type) })
+    }
+
     pub(super) fn send_local_response(
         status_code: u32,
         details: &[u8],
@@ -242,6 +253,10 @@ mod imp {
     }
 
     pub(super) fn call_foreign_function(_name: &[u8], _args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        Err(Status::NOT_FOUND)
+    }
+
+    pub(super) fn close_stream(_stream_type: u32) -> Result<(), Status> {
         Err(Status::NOT_FOUND)
     }
 
@@ -311,5 +326,6 @@ mod tests {
             Err(Status::NOT_FOUND)
         );
         assert_eq!(send_local_response(403, "", b"", &[]), Err(Status::NOT_FOUND));
+        assert_eq!(close_request(), Err(Status::NOT_FOUND));
     }
 }

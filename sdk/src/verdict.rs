@@ -99,8 +99,8 @@ impl Verdict {
     ///   local reply.)
     ///
     /// If the host refuses the reply (called outside a header callback, or after the response
-    /// was sent), the error is logged and `Pause` is still returned: tidegate then fails the
-    /// request by the filter's `failurePolicy` rather than let a denied request through.
+    /// was sent), the error is logged and the request's stream is reset instead
+    /// (`proxy_close_stream`): a denied request never goes through.
     ///
     /// ```no_run
     /// use tidegate_sdk::proxy_wasm::traits::{Context, HttpContext};
@@ -140,10 +140,16 @@ impl Verdict {
             &headers,
         ) {
             log::error!(
-                "tidegate-sdk: the host refused the local reply {} ({}); the request stays paused",
+                "tidegate-sdk: the host refused the local reply {} ({}); resetting the stream instead",
                 denial.status,
                 status.name()
             );
+            if let Err(status) = sys::close_request() {
+                log::error!(
+                    "tidegate-sdk: the host refused to reset the stream too ({})",
+                    status.name()
+                );
+            }
         }
         Action::Pause
     }

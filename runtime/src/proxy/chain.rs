@@ -59,6 +59,7 @@ use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::metrics::Metrics;
+use crate::translate::wasmfilters::FilterScope;
 use crate::wasm::{
     BodyBuffer, BodyCallbacks, FilterAction, FilterInstance, FilterModule, HeaderList, HttpExchange, SandboxLimits,
     WasmError,
@@ -90,6 +91,8 @@ pub struct ChainFilter {
     pub config: Arc<[u8]>,
     pub limits: SandboxLimits,
     pub failure_policy: FailurePolicy,
+    /// Which requests the filter applies to (`None`: every request, as the standard filters).
+    pub scope: Option<Arc<FilterScope>>,
 }
 
 /// One filter of the chain: its module, its configuration, and this worker's VM.
@@ -98,6 +101,7 @@ struct FilterSlot {
     config: Arc<[u8]>,
     limits: SandboxLimits,
     failure_policy: FailurePolicy,
+    scope: Option<Arc<FilterScope>>,
     /// The body and trailer callbacks the module exports.
     callbacks: BodyCallbacks,
     instance: RefCell<FilterInstance>,
@@ -279,6 +283,7 @@ impl Chain {
                 config: filter.config.clone(),
                 limits: filter.limits.clone(),
                 failure_policy: filter.failure_policy,
+                scope: filter.scope.clone(),
                 callbacks: filter.module.body_callbacks(),
                 instance: RefCell::new(instance),
                 incarnation: Cell::new(0),
@@ -407,6 +412,12 @@ impl Chain {
         }
         match event {
             Event::Headers { end_of_stream } => {
+                // A user filter sees only requests in its scope; the rest of the stream
+                // (body, trailers, response) passes it by.
+                if direction == Direction::Request && !self.in_scope(s, k) {
+                    s.flows[0].stages[k].skipped = true;
+                    return self.push(s, direction, k + 1, Event::Headers { end_of_stream });
+                }
                 match self.run(s, direction, k, Callback::Headers { end_of_stream })? {
                     Step::Pause if !end_of_stream => {
                         s.flows[direction.index()].stages[k].held = true;
@@ -423,6 +434,19 @@ impl Chain {
             Event::Data { bytes, end_of_stream } => self.data_at(s, direction, k, bytes, end_of_stream),
             Event::Trailers => self.trailers_at(s, direction, k),
         }
+    }
+
+    /// Whether the filter of request stage `k` applies to this request. Route and cluster are
+    /// those the router has chosen by the time the request reaches the stage.
+    fn in_scope(&self, s: &Stream, k: usize) -> bool {
+        let Some(scope) = &self.slots[s.flows[0].stages[k].slot].scope else {
+            return true;
+        };
+        let property = |name: &str| s.ex.properties.get(name).and_then(|v| std::str::from_utf8(v).ok());
+        let gateways: Vec<&str> = property("tidegate.gateways")
+            .map(|g| g.split(',').collect())
+            .unwrap_or_default();
+        scope.applies(&gateways, property("tidegate.route"), property("tidegate.cluster"))
     }
 
     fn data_at(
@@ -522,25 +546,33 @@ impl Chain {
             }
             Event::Data { bytes, end_of_stream } => {
                 flow.out_bytes += bytes.len() as u64;
-                if let (Some(declared), Some(slot)) = (flow.declared_length, flow.modified_by)
-                    && (flow.out_bytes > declared || (end_of_stream && flow.out_bytes != declared))
-                {
-                    let filter = self.slots[slot].module.name().to_string();
-                    tracing::warn!(%filter, direction = direction.name(), declared, sent = flow.out_bytes, "a filter changed the length of a body after its content-length was sent; resetting the stream (remove content-length in the headers callback to change a streamed body)");
-                    return Err(Abort::BodyLength { filter, direction });
-                }
+                self.check_length(flow, direction, end_of_stream)?;
                 if !bytes.is_empty() {
                     flow.out.push_back(Frame::data(bytes));
                 }
                 flow.ended |= end_of_stream;
             }
             Event::Trailers => {
+                self.check_length(flow, direction, true)?;
                 let trailers = header_map(trailers_of(ex, direction));
                 if !trailers.is_empty() {
                     flow.out.push_back(Frame::trailers(trailers));
                 }
                 flow.ended = true;
             }
+        }
+        Ok(())
+    }
+
+    /// A body a filter changed must still match the `content-length` the next hop was told.
+    fn check_length(&self, flow: &Flow, direction: Direction, end: bool) -> Result<(), Abort> {
+        let (Some(declared), Some(slot)) = (flow.declared_length, flow.modified_by) else {
+            return Ok(());
+        };
+        if flow.out_bytes > declared || (end && flow.out_bytes != declared) {
+            let filter = self.slots[slot].module.name().to_string();
+            tracing::warn!(%filter, direction = direction.name(), declared, sent = flow.out_bytes, "a filter changed the length of a body after its content-length was sent; resetting the stream (remove content-length in the headers callback to change a streamed body)");
+            return Err(Abort::BodyLength { filter, direction });
         }
         Ok(())
     }

@@ -37,6 +37,9 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// Passed through untouched: no filter cares about it.
     Incoming(Incoming),
+    /// A response passed through while the request body still streams through filters: a
+    /// request-side failure must still reset the response (one flag check per frame).
+    Watched(Incoming, Rc<Shared>),
     Filtered(FilteredBody),
 }
 
@@ -91,6 +94,8 @@ pub struct ConnectionInfo {
     pub gateway_port: u16,
     /// `namespace/name` of the Gateway, when the socket belongs to exactly one.
     pub gateway: Option<String>,
+    /// `namespace/name` of every Gateway owning the socket, comma-separated (filter scopes).
+    pub gateways: String,
     pub scheme: &'static str,
     pub remote: SocketAddr,
     pub local: SocketAddr,
@@ -130,7 +135,7 @@ pub async fn handle(
 /// body is polled by the upstream connection's task and the response body by the downstream
 /// one, all on this worker's thread. The filter contexts end (`proxy_on_done`, `proxy_on_log`)
 /// when the last of them lets go.
-struct Shared {
+pub(super) struct Shared {
     generation: Rc<Generation>,
     stream: RefCell<Stream>,
 }
@@ -230,7 +235,18 @@ async fn proxy(
 /// The body to send on for `direction`, once the chain let its headers through: hyper's own
 /// when no filter cares, nothing when it already ended, the filtered stream otherwise.
 async fn body_for(shared: &Rc<Shared>, direction: Direction, body: Incoming) -> Result<ProxyBody, BodyError> {
-    let passthrough = shared.stream.borrow().headers_out(direction) && !shared.generation.chain.cares(direction);
+    let (passthrough, watch) = {
+        let s = shared.stream.borrow();
+        let passthrough = s.headers_out(direction) && !shared.generation.chain.cares(direction);
+        // A response passed through while filters still see the request body.
+        let watch = direction == Direction::Response
+            && shared.generation.chain.cares(Direction::Request)
+            && !s.ended(Direction::Request);
+        (passthrough, watch)
+    };
+    if passthrough && watch {
+        return Ok(ProxyBody::Watched(body, shared.clone()));
+    }
     if passthrough {
         return Ok(ProxyBody::Incoming(body));
     }
@@ -433,6 +449,12 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Inner),
+            ProxyBody::Watched(body, shared) => {
+                if let Some(abort) = shared.stream.borrow().aborted() {
+                    return Poll::Ready(Some(Err(BodyError::Abort(abort.clone()))));
+                }
+                Pin::new(body).poll_frame(cx).map_err(BodyError::Inner)
+            }
             ProxyBody::Filtered(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -441,7 +463,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Incoming(body) | ProxyBody::Watched(body, _) => body.is_end_stream(),
             ProxyBody::Filtered(body) => body.is_end_stream(),
         }
     }
@@ -450,7 +472,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Incoming(body) | ProxyBody::Watched(body, _) => body.size_hint(),
             ProxyBody::Filtered(body) => body.size_hint(),
         }
     }
@@ -490,6 +512,7 @@ fn exchange_for(parts: &hyper::http::request::Parts, info: &ConnectionInfo) -> H
     };
     ex.properties
         .set("tidegate.listener_port", info.gateway_port.to_string());
+    ex.properties.set("tidegate.gateways", info.gateways.clone());
     if let Some(gateway) = &info.gateway {
         ex.properties.set("tidegate.gateway", gateway.clone());
     }

@@ -71,6 +71,7 @@ async fn serve_connection(
     let info = Rc::new(ConnectionInfo {
         gateway_port,
         gateway,
+        gateways: plan.gateways.join(","),
         scheme: plan.protocol.scheme(),
         remote,
         local,

@@ -126,6 +126,7 @@ fn user_chain_filter(filter: &ResolvedFilter, unavailable: &FilterModule) -> Opt
     Some(ChainFilter {
         module,
         config,
+        scope: Some(Arc::new(plan.scope.clone())),
         limits: SandboxLimits {
             memory_bytes: plan.memory_bytes,
             call_timeout: plan.call_timeout,
@@ -199,6 +200,7 @@ impl Worker {
             config: config.clone(),
             limits: self.options.limits.clone(),
             failure_policy: FailurePolicy::FailClosed,
+            scope: None,
         };
         let (router, balancer, unavailable) = (&self.modules[0], &self.modules[1], &self.modules[2]);
         let user = |phases: &[Phase]| {

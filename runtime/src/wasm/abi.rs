@@ -92,6 +92,7 @@ pub(crate) mod map_type {
 pub(crate) mod buffer_type {
     pub(crate) const HTTP_REQUEST_BODY: i32 = 0;
     pub(crate) const HTTP_RESPONSE_BODY: i32 = 1;
+    pub(crate) const DOWNSTREAM_DATA: i32 = 2;
     pub(crate) const VM_CONFIGURATION: i32 = 6;
     pub(crate) const PLUGIN_CONFIGURATION: i32 = 7;
     pub(crate) const FOREIGN_FUNCTION_ARGUMENTS: i32 = 8;

@@ -5,9 +5,12 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tidegate::wasm::{FilterInstance, FilterModule, HttpExchange, SandboxLimits, WasmRuntime};
+use bytes::Bytes;
+use tidegate::wasm::{
+    BodyBuffer, FilterAction, FilterInstance, FilterModule, HeaderList, HttpExchange, SandboxLimits, WasmRuntime,
+};
 
-use crate::message::{Config, Outcome, Request, Response};
+use crate::message::{Body, Config, Flow, Outcome, Request, Response};
 use crate::{Error, cargo};
 
 /// Instance slots of the harness' engine. One [`TestHost`] holds one; a test binary runs a few
@@ -141,7 +144,7 @@ impl Filter {
                 source,
             })?),
         };
-        static MODULES: Mutex<Option<HashMap<(String, u64, usize), FilterModule>>> = Mutex::new(None);
+        static MODULES: Mutex<Option<HashMap<ModuleKey, FilterModule>>> = Mutex::new(None);
         let mut hasher = DefaultHasher::new();
         bytes.hash(&mut hasher);
         let key = (self.name.clone(), hasher.finish(), bytes.len());
@@ -156,6 +159,9 @@ impl Filter {
         Ok(module)
     }
 }
+
+/// A compiled module's identity in this process: its name, and a hash and the length of its bytes.
+type ModuleKey = (String, u64, usize);
 
 fn runtime() -> Result<&'static WasmRuntime, Error> {
     static RUNTIME: OnceLock<WasmRuntime> = OnceLock::new();
@@ -214,17 +220,16 @@ impl TestHost {
     /// [`request`](Self::request) that returns a failure of the filter as [`Error::Filter`].
     pub fn try_request(&mut self, request: Request) -> Result<Outcome, Error> {
         self.finish_open();
-        let end_of_stream = request.is_end_of_stream();
-        let mut ex = request.into_exchange();
+        let (mut ex, body) = request.into_parts();
         let ctx = self.guard(|instance| instance.create_http_context())?;
-        let action = match self.guard(|instance| instance.on_request_headers(ctx, &mut ex, end_of_stream)) {
-            Ok(action) => action,
+        let flow = match self.run(ctx, &mut ex, Direction::Request, body) {
+            Ok(flow) => flow,
             Err(e) => {
                 self.instance.finish_http_context(ctx, &mut ex);
                 return Err(e);
             }
         };
-        let outcome = Outcome::new(action, &ex);
+        let outcome = Outcome::new(flow, &ex, &ex.request_trailers);
         if outcome.forwarded {
             self.open = Some((ctx, ex));
         } else {
@@ -241,8 +246,9 @@ impl TestHost {
     /// # let wasm = Filter::build(env!("CARGO_MANIFEST_DIR")).unwrap();
     /// let mut host = Filter::load(wasm).config(r#"{"header": "x-hello", "value": "world"}"#);
     /// host.request(Request::get("/"));
-    /// let response = host.response(Response::ok());
+    /// let response = host.response(Response::ok().body("hello\n"));
     /// assert_eq!(response.response_header("x-hello"), Some("world"));
+    /// assert_eq!(response.body, b"hello\n");
     /// ```
     ///
     /// # Panics
@@ -264,11 +270,11 @@ impl TestHost {
                     .to_string(),
             ));
         };
-        let end_of_stream = response.is_end_of_stream();
-        ex.response_headers = response.into_headers();
-        let result = self.guard(|instance| instance.on_response_headers(ctx, &mut ex, end_of_stream));
+        let (headers, body) = response.into_parts();
+        ex.response_headers = headers;
+        let flow = self.run(ctx, &mut ex, Direction::Response, body);
         self.instance.finish_http_context(ctx, &mut ex);
-        Ok(Outcome::new(result?, &ex))
+        Ok(Outcome::new(flow?, &ex, &ex.response_trailers))
     }
 
     /// The filter VM, e.g. to read [`memory_size`](FilterInstance::memory_size).
@@ -287,6 +293,71 @@ impl TestHost {
             self.instance = FilterInstance::start(&self.module, &self.config, &self.limits)?;
         }
         Ok(result?)
+    }
+
+    /// Runs one direction through the filter as a stage of the proxy's chain does: headers,
+    /// then each body frame (buffered while the filter pauses, the callback seeing everything
+    /// buffered), then trailers; a pause at the end of the stream is released.
+    fn run(&mut self, ctx: u32, ex: &mut HttpExchange, direction: Direction, body: Body) -> Result<Flow, Error> {
+        let headers_end = body.headers_end();
+        let action = self.guard(|instance| match direction {
+            Direction::Request => instance.on_request_headers(ctx, ex, headers_end),
+            Direction::Response => instance.on_response_headers(ctx, ex, headers_end),
+        })?;
+        let mut flow = Flow {
+            action,
+            headers_out: false,
+            body_out: Vec::new(),
+            reset: false,
+        };
+        if self.stopped(ex, &mut flow) {
+            return Ok(flow);
+        }
+        let mut held = action == FilterAction::Pause && !headers_end;
+        let mut buffer = BodyBuffer::default();
+        let frames = body.chunks.len();
+        for (index, chunk) in body.chunks.into_iter().enumerate() {
+            let end = body.ends && body.trailers.is_none() && index + 1 == frames;
+            buffer.append(Bytes::from(chunk));
+            *body_of(ex, direction) = std::mem::take(&mut buffer);
+            let step = self.guard(|instance| match direction {
+                Direction::Request => instance.on_request_body(ctx, ex, end),
+                Direction::Response => instance.on_response_body(ctx, ex, end),
+            });
+            buffer = std::mem::take(body_of(ex, direction));
+            if self.stopped(ex, &mut flow) {
+                return Ok(flow);
+            }
+            if step? == FilterAction::Pause && !end {
+                continue;
+            }
+            held = false;
+            flow.body_out.extend_from_slice(&buffer.take());
+        }
+        if let Some(trailers) = body.trailers {
+            *trailers_of(ex, direction) = Body::trailer_list(trailers);
+            *body_of(ex, direction) = std::mem::take(&mut buffer);
+            let step = self.guard(|instance| match direction {
+                Direction::Request => instance.on_request_trailers(ctx, ex),
+                Direction::Response => instance.on_response_trailers(ctx, ex),
+            });
+            buffer = std::mem::take(body_of(ex, direction));
+            if self.stopped(ex, &mut flow) {
+                return Ok(flow);
+            }
+            step?;
+            held = false;
+            flow.body_out.extend_from_slice(&buffer.take());
+        }
+        flow.headers_out = !held;
+        Ok(flow)
+    }
+
+    /// Whether the filter answered locally or reset the stream in the last callback.
+    fn stopped(&mut self, ex: &HttpExchange, flow: &mut Flow) -> bool {
+        let actions = self.instance.take_stream_actions();
+        flow.reset |= actions.reset_request || actions.reset_response;
+        ex.local_reply.is_some() || flow.reset
     }
 
     fn finish_open(&mut self) {
@@ -308,5 +379,25 @@ impl std::fmt::Debug for TestHost {
             .field("filter", &self.module.name())
             .field("open_request", &self.open.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+fn body_of(ex: &mut HttpExchange, direction: Direction) -> &mut BodyBuffer {
+    match direction {
+        Direction::Request => &mut ex.request_body,
+        Direction::Response => &mut ex.response_body,
+    }
+}
+
+fn trailers_of(ex: &mut HttpExchange, direction: Direction) -> &mut HeaderList {
+    match direction {
+        Direction::Request => &mut ex.request_trailers,
+        Direction::Response => &mut ex.response_trailers,
     }
 }

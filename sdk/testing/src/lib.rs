@@ -33,18 +33,25 @@
 //!   order and the properties it sets (`tidegate.listener_port`, `source.address`, …). Add
 //!   `tidegate.route`/`tidegate.cluster`/`tidegate.endpoint` to test a filter that runs after
 //!   the router or the balancer.
-//! - [`Outcome`]: what the filter did: `forwarded`, the headers and properties after it, and its
-//!   local reply if it answered.
+//! - [`Outcome`]: what the filter did: `forwarded`, the headers, body, trailers and properties
+//!   after it, and its local reply if it answered.
 //!
 //! The filter's log lines (`log::info!` in the guest) go to the test's output, which libtest
 //! shows for failing tests (`cargo test -- --nocapture` shows all). `TIDEGATE_LOG` sets the
 //! level (default `info`), as for the proxy.
 //!
+//! # Bodies and trailers
+//!
+//! [`Request::body`] and [`Response::body`] add data frames, [`Request::trailer`] and
+//! [`Response::trailer`] trailers. The filter sees them as in the proxy: each frame in its body
+//! callback, or, while it returns `Pause`, everything buffered so far (the cumulative size, as
+//! Envoy passes it); the trailers with the buffered body readable; a pause at the end of the
+//! stream is released. [`Outcome::body`] and [`Outcome::trailers`] are what it passed on.
+//!
 //! # Not covered yet
 //!
-//! Bodies and trailers (the host's body callbacks are being added), HTTP callouts, and ticks.
-//! A test runs one filter; to test a chain, feed one [`Outcome`]'s headers and properties into
-//! the next filter's [`Request`].
+//! HTTP callouts and ticks (the host does not deliver them yet). A test runs one filter; to test
+//! a chain, feed one [`Outcome`]'s headers and properties into the next filter's [`Request`].
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -3,6 +3,15 @@
 
 use tidegate::wasm::{FilterAction, HeaderList, HttpExchange, LocalReply, PropertyMap};
 
+/// How one direction went through the filter (see `TestHost`).
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) action: FilterAction,
+    pub(crate) headers_out: bool,
+    pub(crate) body_out: Vec<u8>,
+    pub(crate) reset: bool,
+}
+
 /// The listener port a [`Request`] arrives on unless [`Request::listener_port`] says otherwise
 /// (the quickstart Gateway's HTTP listener).
 pub const DEFAULT_LISTENER_PORT: u16 = 8080;
@@ -83,7 +92,37 @@ pub struct Request {
     authority: String,
     headers: Vec<(String, Vec<u8>)>,
     properties: PropertyMap,
-    end_of_stream: bool,
+    body: Body,
+}
+
+/// The body and trailers that follow a message's headers.
+#[derive(Clone, Debug)]
+pub(crate) struct Body {
+    /// Data frames, in order.
+    pub(crate) chunks: Vec<Vec<u8>>,
+    /// Trailers; they end the stream when present.
+    pub(crate) trailers: Option<Vec<(String, Vec<u8>)>>,
+    /// Whether the stream ends after what is given (else more would follow).
+    pub(crate) ends: bool,
+}
+
+impl Body {
+    fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            trailers: None,
+            ends: true,
+        }
+    }
+
+    /// Whether the headers end the stream.
+    pub(crate) fn headers_end(&self) -> bool {
+        self.ends && self.chunks.is_empty() && self.trailers.is_none()
+    }
+
+    pub(crate) fn trailer_list(trailers: Vec<(String, Vec<u8>)>) -> HeaderList {
+        HeaderList::from_pairs(trailers)
+    }
 }
 
 // === impl Request ===
@@ -103,7 +142,7 @@ impl Request {
             authority: DEFAULT_AUTHORITY.to_string(),
             headers: Vec::new(),
             properties,
-            end_of_stream: true,
+            body: Body::new(),
         }
     }
 
@@ -112,10 +151,9 @@ impl Request {
         Self::new("GET", path)
     }
 
-    /// `POST path`. The request headers are delivered with `end_of_stream = false` (a body
-    /// follows).
+    /// `POST path` (give it a [`body`](Self::body)).
     pub fn post(path: &str) -> Self {
-        Self::new("POST", path).end_of_stream(false)
+        Self::new("POST", path)
     }
 
     /// Adds a header (kept in order; duplicates are kept).
@@ -178,18 +216,36 @@ impl Request {
         self.property("tidegate.endpoint", endpoint)
     }
 
-    /// Whether the request headers end the stream (no body follows). Default: `true`, except for
-    /// [`Request::post`].
-    pub fn end_of_stream(mut self, end_of_stream: bool) -> Self {
-        self.end_of_stream = end_of_stream;
+    /// Adds a body frame (call it again for more frames). The filter's body callback sees each
+    /// frame, or everything it buffered while it paused, as in the proxy.
+    pub fn body(mut self, chunk: impl Into<Vec<u8>>) -> Self {
+        self.body.chunks.push(chunk.into());
         self
     }
 
-    pub(crate) fn is_end_of_stream(&self) -> bool {
-        self.end_of_stream
+    /// Adds a trailer; trailers follow the body and end the stream.
+    pub fn trailer(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.body
+            .trailers
+            .get_or_insert_with(Vec::new)
+            .push((name.to_ascii_lowercase(), value.into()));
+        self
     }
 
-    pub(crate) fn into_exchange(self) -> HttpExchange {
+    /// Whether the stream ends after the headers, frames and trailers given (default `true`).
+    /// `false` leaves it open, as when more of the body has yet to arrive: a filter that paused
+    /// then still holds the request, and [`Outcome::forwarded`] is `false`.
+    pub fn end_of_stream(mut self, end_of_stream: bool) -> Self {
+        self.body.ends = end_of_stream;
+        self
+    }
+
+    pub(crate) fn into_parts(mut self) -> (HttpExchange, Body) {
+        let body = std::mem::replace(&mut self.body, Body::new());
+        (self.into_exchange(), body)
+    }
+
+    fn into_exchange(self) -> HttpExchange {
         let mut headers = HeaderList::with_capacity(4 + self.headers.len());
         headers.add(":method", self.method);
         headers.add(":scheme", self.scheme);
@@ -217,19 +273,18 @@ impl Request {
 pub struct Response {
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
-    end_of_stream: bool,
+    body: Body,
 }
 
 // === impl Response ===
 
 impl Response {
-    /// A response with `status`. Its headers are delivered with `end_of_stream = false` (a body
-    /// follows) unless [`end_of_stream`](Self::end_of_stream) says otherwise.
+    /// A response with `status` and no body (add one with [`body`](Self::body)).
     pub fn new(status: u16) -> Self {
         Self {
             status,
             headers: Vec::new(),
-            end_of_stream: false,
+            body: Body::new(),
         }
     }
 
@@ -244,17 +299,34 @@ impl Response {
         self
     }
 
-    /// Whether the response headers end the stream (no body).
-    pub fn end_of_stream(mut self, end_of_stream: bool) -> Self {
-        self.end_of_stream = end_of_stream;
+    /// Adds a body frame (call it again for more frames).
+    pub fn body(mut self, chunk: impl Into<Vec<u8>>) -> Self {
+        self.body.chunks.push(chunk.into());
         self
     }
 
-    pub(crate) fn is_end_of_stream(&self) -> bool {
-        self.end_of_stream
+    /// Adds a trailer; trailers follow the body and end the stream.
+    pub fn trailer(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.body
+            .trailers
+            .get_or_insert_with(Vec::new)
+            .push((name.to_ascii_lowercase(), value.into()));
+        self
     }
 
-    pub(crate) fn into_headers(self) -> HeaderList {
+    /// Whether the stream ends after what is given (default `true`); see
+    /// [`Request::end_of_stream`].
+    pub fn end_of_stream(mut self, end_of_stream: bool) -> Self {
+        self.body.ends = end_of_stream;
+        self
+    }
+
+    pub(crate) fn into_parts(mut self) -> (HeaderList, Body) {
+        let body = std::mem::replace(&mut self.body, Body::new());
+        (self.into_headers(), body)
+    }
+
+    fn into_headers(self) -> HeaderList {
         let mut headers = HeaderList::with_capacity(1 + self.headers.len());
         headers.add(":status", self.status.to_string());
         for (name, value) in self.headers {
@@ -264,24 +336,34 @@ impl Response {
     }
 }
 
-/// What the filter did with a request (or a response): the result of one callback.
+/// What the filter did with a request (or a response) in one direction.
 ///
-/// `forwarded` is what most tests assert first: `true` when the filter let the message go on
-/// (`Continue`, no local reply); `false` when it answered locally (`local_reply` is set) or
-/// paused without answering (which tidegate treats as a failure of the filter).
+/// `forwarded` is what most tests assert first: `true` when the filter let the message go on to
+/// the next hop; `false` when it answered locally (`local_reply` is set), reset the stream
+/// (`reset`), or still holds the message (it paused and the stream has not ended, see
+/// [`Request::end_of_stream`]). A pause at the end of the stream is released, as in the proxy:
+/// nothing could resume it later.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Outcome {
-    /// The filter let the message go on: it returned `Continue` and sent no local reply.
+    /// The message went on to the next hop: no local reply, no reset, not held.
     pub forwarded: bool,
-    /// What the callback returned.
+    /// What the headers callback returned.
     pub action: FilterAction,
     /// The request headers after the filter (pseudo-headers first).
     pub request_headers: HeaderList,
     /// The response headers after the filter (`:status` first); empty in the request phase.
     pub response_headers: HeaderList,
+    /// The body the filter passed on in this direction (its frames joined; what it changed
+    /// included).
+    pub body: Vec<u8>,
+    /// The trailers after the filter in this direction (given, or created by the filter in its
+    /// last body callback).
+    pub trailers: HeaderList,
     /// The local reply the filter sent, if any.
     pub local_reply: Option<LocalReply>,
+    /// The filter reset the stream (`proxy_close_stream`).
+    pub reset: bool,
     /// The request's properties after the filter (host-set ones included).
     pub properties: PropertyMap,
 }
@@ -289,15 +371,28 @@ pub struct Outcome {
 // === impl Outcome ===
 
 impl Outcome {
-    pub(crate) fn new(action: FilterAction, ex: &HttpExchange) -> Self {
+    pub(crate) fn new(flow: Flow, ex: &HttpExchange, trailers: &HeaderList) -> Self {
         Self {
-            forwarded: action == FilterAction::Continue && ex.local_reply.is_none(),
-            action,
+            forwarded: flow.headers_out && !flow.reset && ex.local_reply.is_none(),
+            action: flow.action,
             request_headers: ex.request_headers.clone(),
             response_headers: ex.response_headers.clone(),
+            body: flow.body_out,
+            trailers: trailers.clone(),
             local_reply: ex.local_reply.clone(),
+            reset: flow.reset,
             properties: ex.properties.clone(),
         }
+    }
+
+    /// The body passed on, as text (lossy).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The first value of trailer `name`, as text.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The first value of request header `name`, as text (`None` if absent or not UTF-8).
@@ -323,7 +418,7 @@ impl Outcome {
     }
 
     /// The body of the local reply as text (lossy), if the filter sent one.
-    pub fn body(&self) -> Option<String> {
+    pub fn reply_body(&self) -> Option<String> {
         self.local_reply
             .as_ref()
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())
@@ -355,17 +450,21 @@ mod tests {
 
     #[test]
     fn requests_look_as_the_proxy_builds_them() {
-        let ex = Request::get("/x?y=1")
+        let (ex, body) = Request::get("/x?y=1")
             .header("X-User", "ann")
             .cluster("demo/a:80")
-            .into_exchange();
+            .into_parts();
+        assert!(body.headers_end());
+        let (_, body) = Request::post("/").body("a").trailer("X-Sum", "1").into_parts();
+        assert!(!body.headers_end());
+        assert_eq!(body.chunks, [b"a".to_vec()]);
         let names: Vec<&str> = ex.request_headers.iter().map(|(n, _)| n).collect();
         assert_eq!(names, [":method", ":scheme", ":authority", ":path", "x-user"]);
         assert_eq!(ex.request_headers.get(":path"), Some(&b"/x?y=1"[..]));
         assert_eq!(ex.properties.get("tidegate.listener_port"), Some(&b"8080"[..]));
         assert_eq!(ex.properties.get("tidegate.cluster"), Some(&b"demo/a:80"[..]));
         assert_eq!(ex.properties.get("tidegate.route"), None);
-        let headers = Response::new(503).header("Retry-After", "1").into_headers();
+        let (headers, _) = Response::new(503).header("Retry-After", "1").into_parts();
         assert_eq!(headers.get(":status"), Some(&b"503"[..]));
         assert_eq!(headers.get("retry-after"), Some(&b"1"[..]));
     }

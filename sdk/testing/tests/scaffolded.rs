@@ -41,7 +41,7 @@ fn the_scaffolded_filter_builds_and_runs() {
     assert!(!denied.forwarded);
     assert_eq!(denied.status(), Some(403));
     assert_eq!(denied.reply_header("content-type"), Some("text/plain"));
-    assert_eq!(denied.body().as_deref(), Some("missing required header x-user\n"));
+    assert_eq!(denied.reply_body().as_deref(), Some("missing required header x-user\n"));
 
     assert!(host.request(Request::get("/").header("x-user", "ann")).forwarded);
     let response = host.response(Response::ok());

@@ -48,7 +48,11 @@ impl Default for Config {
 impl Config {
     fn parse(text: &str) -> Result<Self, String> {
         let mut config = Config::default();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (key, value) = line
                 .split_once('=')
                 .ok_or_else(|| format!("`{line}` is not key=value"))?;

@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::rc::Rc;
 use std::sync::{Arc, LazyLock, OnceLock};
 
@@ -34,31 +33,11 @@ static RUNTIME: LazyLock<WasmRuntime> = LazyLock::new(|| WasmRuntime::with_max_i
 /// The `body-rewrite` example, built once per test binary with its own target directory (the
 /// outer `cargo test` holds the lock on the main one).
 fn body_rewrite_wasm() -> &'static [u8] {
+    // Built by runtime/build.rs together with the standard filters.
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("runtime/ sits in the workspace");
-        let target = workspace.join("target/examples");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(workspace.join("filters/examples/body-rewrite/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target);
-        for var in [
-            "RUSTFLAGS",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "CARGO_BUILD_TARGET",
-            "CARGO_BUILD_RUSTFLAGS",
-            "CARGO_MAKEFLAGS",
-            "RUSTC_WORKSPACE_WRAPPER",
-        ] {
-            cmd.env_remove(var);
-        }
-        let status = cmd.status().expect("run cargo to build the body-rewrite example");
-        assert!(status.success(), "building filters/examples/body-rewrite failed");
-        std::fs::read(target.join("wasm32-wasip1/release/body_rewrite.wasm")).expect("read body_rewrite.wasm")
+        let path = Path::new(env!("TIDEGATE_EXAMPLE_FILTERS")).join("body_rewrite.wasm");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     })
 }
 
@@ -72,6 +51,7 @@ fn filter(module: FilterModule, config: &str, failure_policy: FailurePolicy) -> 
         config: Arc::from(config.as_bytes()),
         limits: SandboxLimits::default(),
         failure_policy,
+        scope: None,
     }
 }
 
@@ -301,6 +281,7 @@ async fn harness(
             let info = ConnectionInfo {
                 gateway_port: 80,
                 gateway: None,
+                gateways: String::new(),
                 scheme: "http",
                 remote: "127.0.0.1:1".parse().expect("addr"),
                 local: "127.0.0.1:80".parse().expect("addr"),
@@ -594,6 +575,23 @@ fn the_buffer_limit_answers_413_for_requests_and_500_for_responses() {
             let line =
                 format!("tidegate_body_buffer_limit_total{{filter=\"body-rewrite\",direction=\"{direction}\"}} 1");
             assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        }
+
+        // Once the response headers went out, the limit can only reset the stream.
+        let (h, _) = harness(
+            vec![rewrite("hold_headers=false\ntrailer=")],
+            UpstreamProtocol::Http1,
+            Some(4096),
+        )
+        .await;
+        for h2 in [false, true] {
+            // Several frames: the filter pauses on the first, so the proxy buffers.
+            let outcome = send(h.proxy, h2, get(h2, "/big/100000")).await;
+            assert!(
+                outcome.is_err(),
+                "{:?}",
+                outcome.map(|got| (got.status, got.body.len()))
+            );
         }
     });
 }

@@ -27,7 +27,8 @@
 use wasmtime::{Caller, Linker};
 
 use super::buffer_type::{
-    FOREIGN_FUNCTION_ARGUMENTS, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY, PLUGIN_CONFIGURATION, VM_CONFIGURATION,
+    DOWNSTREAM_DATA, FOREIGN_FUNCTION_ARGUMENTS, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY, PLUGIN_CONFIGURATION,
+    VM_CONFIGURATION,
 };
 use super::{ENV, Status, status};
 use crate::wasm::exchange::BodyBuffer;
@@ -57,7 +58,8 @@ fn buffer_of(buffer: i32) -> Result<Buffer, Status> {
         PLUGIN_CONFIGURATION => Ok(Buffer::Plugin),
         HTTP_REQUEST_BODY => Ok(Buffer::RequestBody),
         HTTP_RESPONSE_BODY => Ok(Buffer::ResponseBody),
-        0..=FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
+        // L4 data, callout responses, gRPC messages, foreign-function arguments: not built.
+        DOWNSTREAM_DATA..=FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
