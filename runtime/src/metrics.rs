@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::wasm::{MetricKind, MetricSample, MetricValue};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabel {
     class: &'static str,
@@ -175,18 +177,148 @@ impl Metrics {
         self.bind_errors.inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, the filters' own included.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
+        // The registry ends the exposition with `# EOF`; the filters' metrics go before it.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let tail = out.split_off(eof);
+        encode_filter_metrics(&mut out, &crate::wasm::metrics_snapshot());
+        out.push_str(&tail);
         out
     }
+}
+
+/// Metrics filters define through `proxy_define_metric`, as `tidegate_wasm_<name>` with a
+/// `filter` label (the same name from two filters is one family with two label sets; a name two
+/// filters define with different kinds keeps the first kind seen).
+fn encode_filter_metrics(out: &mut String, samples: &[MetricSample]) {
+    use std::fmt::Write as _;
+    let mut families: Vec<(String, MetricKind, Vec<&MetricSample>)> = Vec::new();
+    for sample in samples {
+        let name = format!("tidegate_wasm_{}", sanitize(&sample.name));
+        match families.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, kind, members)) if *kind == sample.value.kind() => members.push(sample),
+            Some(_) => {}
+            None => families.push((name, sample.value.kind(), vec![sample])),
+        }
+    }
+    for (name, kind, members) in families {
+        let type_name = match kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        };
+        let _ = writeln!(out, "# TYPE {name} {type_name}");
+        let _ = writeln!(out, "# HELP {name} Defined by a WASM filter.");
+        for sample in members {
+            let filter = escape_label(&sample.filter);
+            match &sample.value {
+                MetricValue::Counter(v) => {
+                    let _ = writeln!(out, "{name}_total{{filter=\"{filter}\"}} {v}");
+                }
+                MetricValue::Gauge(v) => {
+                    let _ = writeln!(out, "{name}{{filter=\"{filter}\"}} {v}");
+                }
+                MetricValue::Histogram { count, sum, buckets } => {
+                    for (bound, cumulative) in buckets {
+                        let le = if *bound == u64::MAX {
+                            "+Inf".to_string()
+                        } else {
+                            bound.to_string()
+                        };
+                        let _ = writeln!(out, "{name}_bucket{{filter=\"{filter}\",le=\"{le}\"}} {cumulative}");
+                    }
+                    let _ = writeln!(out, "{name}_sum{{filter=\"{filter}\"}} {sum}");
+                    let _ = writeln!(out, "{name}_count{{filter=\"{filter}\"}} {count}");
+                }
+            }
+        }
+    }
+}
+
+/// A Prometheus metric-name fragment: `[a-zA-Z0-9_]`, everything else becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect()
+}
+
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_metrics_are_exported_per_family_with_a_filter_label() {
+        let samples = vec![
+            MetricSample {
+                filter: "ns/a".into(),
+                name: "requests.seen".into(),
+                value: MetricValue::Counter(3),
+            },
+            MetricSample {
+                filter: "ns/b".into(),
+                name: "requests.seen".into(),
+                value: MetricValue::Counter(4),
+            },
+            MetricSample {
+                filter: "ns/a".into(),
+                name: "depth".into(),
+                value: MetricValue::Gauge(-2),
+            },
+            MetricSample {
+                filter: "ns/a".into(),
+                name: "latency".into(),
+                value: MetricValue::Histogram {
+                    count: 2,
+                    sum: 7,
+                    buckets: vec![(5, 1), (u64::MAX, 2)],
+                },
+            },
+        ];
+        let mut out = String::new();
+        encode_filter_metrics(&mut out, &samples);
+        assert!(out.contains("# TYPE tidegate_wasm_requests_seen counter\n"), "{out}");
+        assert!(
+            out.contains("tidegate_wasm_requests_seen_total{filter=\"ns/a\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tidegate_wasm_requests_seen_total{filter=\"ns/b\"} 4\n"),
+            "{out}"
+        );
+        assert!(out.contains("tidegate_wasm_depth{filter=\"ns/a\"} -2\n"), "{out}");
+        assert!(
+            out.contains("tidegate_wasm_latency_bucket{filter=\"ns/a\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tidegate_wasm_latency_count{filter=\"ns/a\"} 2\n"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("# TYPE tidegate_wasm_requests_seen").count(),
+            1,
+            "one family per name"
+        );
+    }
+
+    #[test]
+    fn exposition_still_ends_with_eof() {
+        let metrics = Metrics::new();
+        assert!(metrics.encode().trim_end().ends_with("# EOF"));
     }
 }

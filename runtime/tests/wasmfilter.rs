@@ -89,6 +89,12 @@ fn gateway_filter_edits_apply_live_and_status_reports_the_module() {
         "{}",
         response.headers
     );
+    // The filter's own metric is exported, labelled with the filter.
+    let metrics = http_get(&env.admin, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("tidegate_wasm_header_rewrite_requests_total{filter=\"ns/rewrite\"}"),
+        "{metrics}"
+    );
     let initial = conditions(&env, "rewrite");
     for kind in ["Accepted", "ResolvedRefs", "Programmed"] {
         assert!(

@@ -1,6 +1,7 @@
 //! A filter written against the plain `proxy-wasm` crate, the way filters for Envoy or Istio
-//! are: it adds request and response headers from its configuration, and answers 403 when a
-//! required request header is missing.
+//! are: it adds request and response headers from its configuration, answers 403 when a
+//! required request header is missing, and counts the requests it saw in the metric
+//! `header_rewrite.requests`.
 //!
 //! Configuration (JSON, through `proxy_on_configure`):
 //! `{"request_headers": [["x-a", "1"]], "response_headers": [["x-b", "2"]], "require": "x-token"}`
@@ -9,12 +10,15 @@
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: Rc::new(Config::default()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        let requests = proxy_wasm::hostcalls::define_metric(MetricType::Counter, "header_rewrite.requests").ok();
+        Box::new(Root { config: Rc::new(Config::default()), requests })
+    });
 }}
 
 #[derive(Default, Deserialize)]
@@ -29,6 +33,7 @@ struct Config {
 
 struct Root {
     config: Rc<Config>,
+    requests: Option<u32>,
 }
 
 impl Context for Root {}
@@ -54,6 +59,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             config: self.config.clone(),
+            requests: self.requests,
         }))
     }
 
@@ -64,12 +70,16 @@ impl RootContext for Root {
 
 struct Stream {
     config: Rc<Config>,
+    requests: Option<u32>,
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(id) = self.requests {
+            proxy_wasm::hostcalls::increment_metric(id, 1).ok();
+        }
         if let Some(required) = &self.config.require {
             if self.get_http_request_header(required).is_none() {
                 self.send_http_response(
