@@ -20,6 +20,7 @@ const FILTERS: &[(&str, &str)] = &[
     ("body-rewrite", "body_rewrite"),
     ("header-rewrite", "header_rewrite"),
     ("hostile", "hostile"),
+    ("tick-counter", "tick_counter"),
 ];
 
 fn main() {

@@ -298,3 +298,52 @@ fn hostile_filters_fail_by_policy_and_never_take_the_process_down() {
         "{missing:?}"
     );
 }
+
+#[test]
+fn ticks_and_shared_data_work_across_workers() {
+    let (mut env, backends) = Env::new(&["web-0"]);
+    env.write("gateway.yaml", &gateway(""));
+    env.write("web.yaml", &service("web", None, &[&backends[0]], false));
+    env.write("routes.yaml", &routes());
+    copy_module(&env, "tick_counter", "tick-counter.wasm");
+    env.write(
+        "ticks.yaml",
+        &wasm_filter(
+            "ticks",
+            "tick-counter.wasm",
+            "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n",
+        ),
+    );
+    env.start();
+    let header = |response: &env::Curl, name: &str| -> u64 {
+        response
+            .headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix(&format!("{name}: "))
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {}", response.headers))
+    };
+    // Ticks arrive on their own (every 50 ms, in each worker's VM).
+    let first = header(&curl(&[&env.url(80, "/")]), "x-ticks");
+    env.eventually(Duration::from_secs(10), "five more ticks", || {
+        header(&curl(&[&env.url(80, "/")]), "x-ticks") >= first + 5
+    });
+    // Every request counts once in the shared counter, whichever worker's VM serves it
+    // (each curl is a new connection; the kernel spreads them over the workers).
+    let counts: Vec<u64> = (0..12)
+        .map(|_| header(&curl(&[&env.url(80, "/")]), "x-requests"))
+        .collect();
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        counts.len(),
+        "no two requests got the same count: {counts:?}"
+    );
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "counts increase: {counts:?}");
+}

@@ -52,6 +52,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -107,6 +108,8 @@ struct FilterSlot {
     instance: RefCell<FilterInstance>,
     /// Bumped when the VM is replaced, so contexts of the old VM are not finished on the new one.
     incarnation: Cell<u64>,
+    /// When the filter's next `proxy_on_tick` is due, once it asked for ticks.
+    next_tick: Cell<Option<Instant>>,
 }
 
 /// A filter chain ready to serve requests on this worker.
@@ -287,6 +290,7 @@ impl Chain {
                 callbacks: filter.module.body_callbacks(),
                 instance: RefCell::new(instance),
                 incarnation: Cell::new(0),
+                next_tick: Cell::new(None),
             });
         }
         let cares = [
@@ -366,6 +370,34 @@ impl Chain {
     pub fn trailers(&self, s: &mut Stream, direction: Direction, trailers: HeaderList) -> Result<(), Abort> {
         *trailers_of(&mut s.ex, direction) = trailers;
         self.enter(s, direction, Event::Trailers)
+    }
+
+    /// Delivers the ticks that are due (`proxy_on_tick`, at each filter's own period) and says
+    /// when the next one is due (`None`: no filter asked for ticks). A tick that fails is
+    /// counted and logged and the VM replaced; no request is involved, so no policy applies.
+    pub fn tick(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for slot in &self.slots {
+            let Some(period) = slot.instance.borrow().tick_period() else {
+                slot.next_tick.set(None);
+                continue;
+            };
+            let due = *slot.next_tick.get().get_or_insert(now + period);
+            let due = if due <= now {
+                let result = slot.instance.borrow_mut().on_tick();
+                if let Err(error) = result {
+                    self.metrics.filter_failure(slot.module.name());
+                    tracing::error!(filter = slot.module.name(), %error, "proxy_on_tick failed");
+                    self.replace_if_broken(slot);
+                }
+                now + period
+            } else {
+                due
+            };
+            slot.next_tick.set(Some(due));
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        next
     }
 
     /// Ends every context the request opened (done, log, delete). Runs once.

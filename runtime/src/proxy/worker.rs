@@ -167,6 +167,22 @@ impl Worker {
         }
     }
 
+    /// Delivers `proxy_on_tick` to this generation's VMs while it is the current one.
+    async fn drive_ticks(self: Rc<Self>, generation: std::rc::Weak<Generation>) {
+        /// How often to look again when no filter asked for ticks (a filter may ask later).
+        const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+        loop {
+            let Some(current) = generation.upgrade() else { return };
+            if !self.current.borrow().as_ref().is_some_and(|c| Rc::ptr_eq(c, &current)) {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            let next = current.chain.tick(now.into_std()).map(tokio::time::Instant::from_std);
+            drop(current);
+            tokio::time::sleep_until(next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK)).await;
+        }
+    }
+
     /// The generation new requests start on.
     pub fn current(&self) -> Option<Rc<Generation>> {
         self.current.borrow().clone()
@@ -177,10 +193,12 @@ impl Worker {
         let filters = self.compose(&published);
         match Chain::start(&filters, self.metrics.clone()) {
             Ok(chain) => {
-                *self.current.borrow_mut() = Some(Rc::new(Generation {
+                let generation = Rc::new(Generation {
                     published: published.clone(),
                     chain,
-                }));
+                });
+                *self.current.borrow_mut() = Some(generation.clone());
+                tokio::task::spawn_local(self.clone().drive_ticks(Rc::downgrade(&generation)));
             }
             Err(e) => {
                 // The last good generation keeps serving.

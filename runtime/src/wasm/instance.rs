@@ -58,6 +58,7 @@ struct Callbacks {
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
 }
 
 impl Callbacks {
@@ -75,6 +76,7 @@ impl Callbacks {
             on_done: instance.get_typed_func(&mut *store, "proxy_on_done").ok(),
             on_log: instance.get_typed_func(&mut *store, "proxy_on_log").ok(),
             on_delete: instance.get_typed_func(&mut *store, "proxy_on_delete").ok(),
+            on_tick: instance.get_typed_func(&mut *store, "proxy_on_tick").ok(),
         }
     }
 }
@@ -226,8 +228,8 @@ impl FilterInstance {
         self.broken
     }
 
-    /// The tick period the filter asked for (`proxy_set_tick_period_milliseconds`), if any.
-    /// Ticks are not delivered yet; the proxy will call `proxy_on_tick` at this period.
+    /// The tick period the filter asked for (`proxy_set_tick_period_milliseconds`), if any;
+    /// the worker calls [`on_tick`](Self::on_tick) at this period.
     pub fn tick_period(&self) -> Option<Duration> {
         match self.store.data().tick_period_ms {
             0 => None,
@@ -419,6 +421,21 @@ impl FilterInstance {
             }
         }
         self.complete_deferred();
+    }
+
+    /// `proxy_on_tick` on the root context. A filter without the export ignores ticks.
+    pub fn on_tick(&mut self) -> Result<(), WasmError> {
+        let Some(on_tick) = self.callbacks.on_tick.clone() else {
+            return Ok(());
+        };
+        let root = self.store.data().root_id;
+        let timeout = self.call_timeout;
+        // A tick runs on the root context, like the lifecycle callbacks: no request is current.
+        self.invoke(Phase::Lifecycle, root, None, timeout, |store, _| {
+            on_tick.call(store, root as i32)
+        })?;
+        self.complete_deferred();
+        Ok(())
     }
 
     /// The guest's linear memory, for tests that check what hostcalls wrote.
