@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::translate::wasmfilters::{ModuleLocation, UserFilterPlan};
-use crate::wasm::{FilterInstance, FilterModule, SandboxLimits, WasmRuntime};
+use crate::wasm::{FilterModule, WasmRuntime};
 
 /// A user filter with its module, or why the module could not be loaded.
 #[derive(Clone)]
@@ -75,9 +75,7 @@ impl ModuleRegistry {
                     .get(&key)
                     .map(|e| e.module.clone())
                     .unwrap_or_else(|| Err("not loaded".into()));
-                let module = module
-                    .and_then(|m| check_digest(plan, m))
-                    .and_then(|m| check_configuration(plan, m));
+                let module = module.and_then(|m| check_digest(plan, m));
                 ResolvedFilter {
                     plan: plan.clone(),
                     module,
@@ -114,23 +112,6 @@ fn check_digest(plan: &UserFilterPlan, module: FilterModule) -> Result<FilterMod
             module.sha256()
         )),
         _ => Ok(module),
-    }
-}
-
-/// Starts the filter once with its configuration, so a module that traps at start or rejects
-/// its configuration is reported in status here, once, instead of on every worker (where a
-/// failing fail-closed filter would hold back the whole new configuration).
-fn check_configuration(plan: &UserFilterPlan, module: FilterModule) -> Result<FilterModule, String> {
-    let limits = SandboxLimits {
-        memory_bytes: plan.memory_bytes,
-        call_timeout: plan.call_timeout,
-    };
-    match FilterInstance::start(&module, &plan.config, &limits) {
-        Ok(_) => Ok(module),
-        Err(e) => {
-            tracing::error!(filter = %plan.name, error = %e, "the filter does not start with its configuration");
-            Err(format!("the filter does not start with spec.config: {e}"))
-        }
     }
 }
 
