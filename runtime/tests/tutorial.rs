@@ -11,10 +11,13 @@
 use std::io::Read as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+#[path = "common/env.rs"]
+mod env;
+
+use env::{BIN, Proc, free_port};
 const CHECKOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// `target/tutorial`: shared by runs, beside the workspace's own builds.
@@ -23,42 +26,6 @@ fn shared_target_dir() -> PathBuf {
         .parent()
         .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), Path::to_path_buf)
         .join("tutorial")
-}
-
-/// A child process, killed when the test ends; its output goes to a log printed on failure.
-struct Proc {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(name: &'static str, args: &[&str], logs: &Path) -> Self {
-        let log = logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(BIN)
-            .args(args)
-            .stdout(file.try_clone().expect("clone log handle"))
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start tidegate");
-        Self { child, name, log }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- log of {} ---\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
 }
 
 /// Runs a step's command to completion; panics with its output if it fails.
@@ -96,13 +63,6 @@ fn cargo(crate_dir: &Path, args: &[&str]) -> Command {
         command.env_remove(var);
     }
     command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn port_free(port: u16) -> bool {
