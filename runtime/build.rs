@@ -20,6 +20,9 @@ const FILTERS: &[(&str, &str)] = &[
     ("body-rewrite", "body_rewrite"),
     ("header-rewrite", "header_rewrite"),
     ("hostile", "hostile"),
+    ("http-auth", "http_auth"),
+    ("noop", "noop"),
+    ("shared-queue", "shared_queue"),
     ("tick-counter", "tick_counter"),
 ];
 

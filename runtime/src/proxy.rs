@@ -5,10 +5,12 @@
 //! accepted it (every worker binds every port with SO_REUSEPORT and the kernel spreads
 //! connections). This keeps wasmtime stores single-threaded with no locks on the hot path.
 
+mod callout;
 mod chain;
 mod http;
 mod listener;
 mod published;
+mod services;
 mod tls;
 mod upstream;
 mod worker;

@@ -74,6 +74,15 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
     let ports = gateways::port_plans(&gateways);
     statuses.extend(gateways.iter().map(|g| g.status(options)));
 
+    // Every Service port is a cluster, not only route backends: filters send callouts to
+    // Services (an authorization service) and may steer requests to any of them.
+    for object in store.of_kind("Service") {
+        let Object::Service(service) = object else { continue };
+        let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+        for port in &service.spec.ports {
+            clusters.cluster_for(namespace, &service.metadata.name, port.port);
+        }
+    }
     let (balancer, cluster_plans) = clusters.resolve(store);
     let filters = wasmfilters::translate_wasm_filters(store, options, &mut statuses);
     Translation {

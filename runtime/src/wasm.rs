@@ -68,7 +68,7 @@
 //!
 //! Every v0.2.1 import and all of WASI preview 1 link; what is implemented and what answers a
 //! "not available" status is listed in the `abi` module (HTTP/gRPC callouts, queues and foreign
-//! functions are not built yet; ticks are stored but not delivered).
+//! functions reach the proxy through [`InstanceEnv`]; gRPC callouts and L4 contexts are not built).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -83,17 +83,21 @@ use wasmtime::{
 
 mod abi;
 mod cache;
-mod codec;
+pub(crate) mod codec;
 mod error;
 mod exchange;
 mod host;
 mod instance;
 mod memory;
+pub mod queue;
+mod services;
 
 pub use self::abi::metrics::{HISTOGRAM_BUCKETS, MetricKind, MetricSample, MetricValue, metrics_snapshot};
 pub use self::error::WasmError;
 pub use self::exchange::{BodyBuffer, HeaderList, HttpExchange, LocalReply, PropertyMap};
 pub use self::instance::{FilterAction, FilterInstance, StreamActions};
+pub use self::queue::{QueueReady, QueueWaker};
+pub use self::services::{CalloutRequest, CalloutResponse, HostServices, InstanceEnv};
 
 use self::host::HostState;
 

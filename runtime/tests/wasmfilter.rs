@@ -3,30 +3,14 @@
 //! live edits of their configuration and module, chain phases, failure policies, and hostile
 //! modules that must never take other routes or the process down.
 
-use std::path::Path;
 use std::time::Duration;
 
 #[path = "common/env.rs"]
 mod env;
 
-use env::{Env, curl, curl_statuses, gateway, http_get, json, route, service};
-
-const EXAMPLES: &str = env!("TIDEGATE_EXAMPLE_FILTERS");
-
-fn copy_module(env: &Env, artifact: &str, as_name: &str) {
-    let dir = env.config_dir().join("modules");
-    std::fs::create_dir_all(&dir).expect("modules dir");
-    let source = Path::new(EXAMPLES).join(format!("{artifact}.wasm"));
-    let tmp = dir.join(format!(".{as_name}.tmp"));
-    std::fs::copy(&source, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
-    std::fs::rename(&tmp, dir.join(as_name)).expect("rename module");
-}
-
-fn wasm_filter(name: &str, module: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  module: {{file: modules/{module}}}\n{spec}"
-    )
-}
+use env::{
+    Env, copy_module, curl, curl_statuses, gateway, header_at_backend, http_get, json, route, service, wasm_filter,
+};
 
 fn conditions(env: &Env, name: &str) -> Vec<(String, String, String)> {
     let status = env.status();
@@ -54,13 +38,6 @@ fn routes() -> String {
         route("open", "/open", "web"),
     ]
     .join("---\n")
-}
-
-fn header_at_backend(body: &str, name: &str) -> Option<String> {
-    let echoed = json(body);
-    echoed["headers"][name]
-        .as_array()
-        .map(|v| v.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(","))
 }
 
 #[test]

@@ -23,8 +23,17 @@
 //!   A filter may also create trailers in its last body callback; they then follow the body.
 //!
 //! At the end of the stream (a data frame with `end_of_stream`, or trailers), a filter that
-//! still pauses is released: it has seen everything, and no asynchronous event exists yet that
-//! could resume it later (HTTP callouts will; then an end-of-stream pause must wait for them).
+//! still pauses is released, unless something can still resume it: an HTTP callout it made for
+//! this request, or one its VM made from the root context (a filter may resume requests from
+//! there). Then the stream waits: [`Chain::poll_events`] delivers the callout's answer
+//! (`proxy_on_http_call_response`, with the request in hand) and applies what the filter did
+//! (resume, local reply, reset). A filter that, once nothing is in flight any more, still holds
+//! the stream has left it with nothing that could resume it: that is a filter failure, handled
+//! by its failure policy (Envoy would hang the request until its timeout).
+//!
+//! While a filter waits for its own callouts, the stream stays held whatever its body
+//! callbacks answer: a `Continue` from the body callback of an authorization filter whose check
+//! is still in flight does not let the request past it (Envoy would release the headers there).
 //! What comes out of the last stage is queued ([`Stream::pop_frame`]) for the next hop; the
 //! headers come out once ([`Stream::headers_out`]), and the proxy forwards them only then.
 //!
@@ -50,8 +59,10 @@
 //! look for something later in a stream, so the chain does not guess.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -59,11 +70,12 @@ use hyper::HeaderMap;
 use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue};
 
+use super::callout::{CalloutSender, PendingCallout};
 use crate::metrics::Metrics;
 use crate::translate::wasmfilters::FilterScope;
 use crate::wasm::{
-    BodyBuffer, BodyCallbacks, FilterAction, FilterInstance, FilterModule, HeaderList, HttpExchange, SandboxLimits,
-    WasmError,
+    BodyBuffer, BodyCallbacks, CalloutRequest, CalloutResponse, FilterAction, FilterInstance, FilterModule, HeaderList,
+    HttpExchange, InstanceEnv, QueueReady, SandboxLimits, StreamActions, WasmError,
 };
 
 /// The most body bytes one direction of a stream may have buffered at a time (by filters that
@@ -112,6 +124,34 @@ struct FilterSlot {
     next_tick: Cell<Option<Instant>>,
 }
 
+/// What a chain's VMs are embedded in: host services, the queue waker, the callout sender.
+#[derive(Clone, Default)]
+pub struct ChainEnv {
+    pub instance: InstanceEnv,
+    /// Sends HTTP callouts; without one every callout fails (unit tests).
+    pub callouts: Option<Rc<CalloutSender>>,
+}
+
+/// A callout whose answer goes to a VM's root context (or to a context whose request is not
+/// waiting for it): delivered by the worker's background driver ([`Chain::poll_background`]).
+struct BackgroundCallout {
+    slot: usize,
+    incarnation: u64,
+    ctx: u32,
+    token: u32,
+    pending: Rc<PendingCallout>,
+}
+
+/// A callout made for a request, delivered while the request waits ([`Chain::poll_events`]).
+struct StreamCallout {
+    direction: Direction,
+    k: usize,
+    ctx: u32,
+    incarnation: u64,
+    token: u32,
+    pending: Rc<PendingCallout>,
+}
+
 /// A filter chain ready to serve requests on this worker.
 pub struct Chain {
     slots: Vec<FilterSlot>,
@@ -119,6 +159,13 @@ pub struct Chain {
     /// Whether any filter has a request (response) body or trailers callback.
     cares: [bool; 2],
     buffer_limit: usize,
+    env: ChainEnv,
+    background: RefCell<Vec<BackgroundCallout>>,
+    background_waker: RefCell<Option<Waker>>,
+    /// Held requests waiting to be resumed, by (slot, context): who to wake.
+    waiting: RefCell<HashMap<(usize, u32), Waker>>,
+    /// Stream actions other contexts took on those requests, until the request polls.
+    external: RefCell<HashMap<(usize, u32), StreamActions>>,
 }
 
 /// Which way a stream's data flows.
@@ -193,6 +240,8 @@ pub struct Stream {
     flows: [Flow; 2],
     aborted: Option<Abort>,
     finished: bool,
+    /// Callouts the filters made for this request, in flight.
+    callouts: Vec<StreamCallout>,
 }
 
 /// One direction of a stream.
@@ -226,6 +275,14 @@ struct Stage {
     /// The filter paused on the body: what follows is appended to `buffer`.
     buffering: bool,
     buffer: BodyBuffer,
+    /// Callouts this filter made for the request, not answered yet.
+    waiting: u32,
+    /// The end of the stream reached this (held or buffering) stage.
+    saw_end: bool,
+    /// The headers it holds ended the stream (a request without body).
+    headers_end: bool,
+    /// Trailers reached it while it held the stream; they follow when it resumes.
+    trailers_pending: bool,
 }
 
 impl Stage {
@@ -237,7 +294,15 @@ impl Stage {
             held: false,
             buffering: false,
             buffer: BodyBuffer::default(),
+            waiting: 0,
+            saw_end: false,
+            headers_end: false,
+            trailers_pending: false,
         }
+    }
+
+    fn holds(&self) -> bool {
+        self.held || self.buffering
     }
 }
 
@@ -269,10 +334,17 @@ enum Step {
 impl Chain {
     /// Starts one VM per filter. Fails if a fail-closed filter cannot start (a fail-open one is
     /// left out, with an error logged and counted).
+    #[cfg(test)]
     pub fn start(filters: &[ChainFilter], metrics: Arc<Metrics>) -> Result<Self, WasmError> {
+        Self::start_with(filters, metrics, ChainEnv::default())
+    }
+
+    /// [`start`](Self::start) with the VMs embedded in `env` (host services, queues, callouts).
+    pub fn start_with(filters: &[ChainFilter], metrics: Arc<Metrics>, env: ChainEnv) -> Result<Self, WasmError> {
         let mut slots = Vec::with_capacity(filters.len());
         for filter in filters {
-            let instance = match FilterInstance::start(&filter.module, &filter.config, &filter.limits) {
+            let started = FilterInstance::start_with(&filter.module, &filter.config, &filter.limits, &env.instance);
+            let instance = match started {
                 Ok(instance) => instance,
                 Err(e) if filter.failure_policy == FailurePolicy::FailOpen => {
                     tracing::error!(filter = filter.module.name(), error = %e, "filter cannot start; skipped (failurePolicy FailOpen)");
@@ -297,12 +369,22 @@ impl Chain {
             slots.iter().any(|s| s.callbacks.request()),
             slots.iter().any(|s| s.callbacks.response()),
         ];
-        Ok(Self {
+        let chain = Self {
             slots,
             metrics,
             cares,
             buffer_limit: MAX_BUFFERED_BODY,
-        })
+            env,
+            background: RefCell::default(),
+            background_waker: RefCell::default(),
+            waiting: RefCell::default(),
+            external: RefCell::default(),
+        };
+        // Callouts made while starting (from proxy_on_configure) go to the root contexts.
+        for index in 0..chain.slots.len() {
+            chain.collect(index, None);
+        }
+        Ok(chain)
     }
 
     /// The same chain with another buffer limit (tests).
@@ -338,6 +420,7 @@ impl Chain {
             flows: [request, Flow::default()],
             aborted: None,
             finished: false,
+            callouts: Vec::new(),
         }
     }
 
@@ -377,7 +460,7 @@ impl Chain {
     /// counted and logged and the VM replaced; no request is involved, so no policy applies.
     pub fn tick(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
-        for slot in &self.slots {
+        for (index, slot) in self.slots.iter().enumerate() {
             let Some(period) = slot.instance.borrow().tick_period() else {
                 slot.next_tick.set(None);
                 continue;
@@ -385,10 +468,13 @@ impl Chain {
             let due = *slot.next_tick.get().get_or_insert(now + period);
             let due = if due <= now {
                 let result = slot.instance.borrow_mut().on_tick();
-                if let Err(error) = result {
-                    self.metrics.filter_failure(slot.module.name());
-                    tracing::error!(filter = slot.module.name(), %error, "proxy_on_tick failed");
-                    self.replace_if_broken(slot);
+                match result {
+                    Ok(()) => self.collect(index, None),
+                    Err(error) => {
+                        self.metrics.filter_failure(slot.module.name());
+                        tracing::error!(filter = slot.module.name(), %error, "proxy_on_tick failed");
+                        self.replace_if_broken(slot);
+                    }
                 }
                 now + period
             } else {
@@ -408,13 +494,34 @@ impl Chain {
         // Large buffers are not needed for logging.
         s.ex.request_body = BodyBuffer::default();
         s.ex.response_body = BodyBuffer::default();
+        // Callouts still in flight are cancelled, as Envoy cancels them with their context.
+        for callout in std::mem::take(&mut s.callouts) {
+            let slot = &self.slots[s.flows[callout.direction.index()].stages[callout.k].slot];
+            if slot.incarnation.get() == callout.incarnation {
+                slot.instance.borrow_mut().cancel_callout(callout.token);
+            }
+        }
+        for flow in &s.flows {
+            for stage in &flow.stages {
+                if let Some((ctx, _)) = stage.ctx {
+                    self.waiting.borrow_mut().remove(&(stage.slot, ctx));
+                    self.external.borrow_mut().remove(&(stage.slot, ctx));
+                }
+            }
+        }
         for index in (0..s.flows[0].stages.len()).rev() {
             let stage = &s.flows[0].stages[index];
             let (slot, ctx) = (stage.slot, stage.ctx);
             let Some((ctx, incarnation)) = ctx else { continue };
             let slot = &self.slots[slot];
             if slot.incarnation.get() == incarnation {
-                slot.instance.borrow_mut().finish_http_context(ctx, &mut s.ex);
+                let mut instance = slot.instance.borrow_mut();
+                instance.finish_http_context(ctx, &mut s.ex);
+                // A context that is gone gets no answers: drop what it asked for at the end.
+                for callout in instance.take_callouts() {
+                    instance.cancel_callout(callout.token);
+                }
+                drop(instance);
                 self.replace_if_broken(slot);
             }
         }
@@ -426,13 +533,7 @@ impl Chain {
         }
         let result = self.push(s, direction, 0, event);
         if let Err(abort) = &result {
-            s.aborted = Some(abort.clone());
-            // Nothing more will be forwarded; let go of what filters buffered.
-            for flow in &mut s.flows {
-                for stage in &mut flow.stages {
-                    stage.buffer = BodyBuffer::default();
-                }
-            }
+            record_abort(s, abort);
         }
         result
     }
@@ -451,8 +552,11 @@ impl Chain {
                     return self.push(s, direction, k + 1, Event::Headers { end_of_stream });
                 }
                 match self.run(s, direction, k, Callback::Headers { end_of_stream })? {
-                    Step::Pause if !end_of_stream => {
-                        s.flows[direction.index()].stages[k].held = true;
+                    Step::Pause if !end_of_stream || self.may_resume(s, direction, k) => {
+                        let stage = &mut s.flows[direction.index()].stages[k];
+                        stage.held = true;
+                        stage.saw_end = end_of_stream;
+                        stage.headers_end = end_of_stream;
                         Ok(())
                     }
                     step => {
@@ -505,9 +609,19 @@ impl Chain {
             // An absent callback continues.
             Step::Continue
         };
+        let stage = &s.flows[direction.index()].stages[k];
+        let hold = match step {
+            Step::Pause => !end_of_stream || self.may_resume(s, direction, k),
+            // Waiting for its own callouts, a filter keeps holding what it holds.
+            Step::Continue => stage.held && stage.waiting > 0,
+            Step::Skip => false,
+        };
         match step {
-            Step::Pause if !end_of_stream => {
-                s.flows[direction.index()].stages[k].buffering = true;
+            _ if hold => {
+                let stage = &mut s.flows[direction.index()].stages[k];
+                stage.buffering = true;
+                stage.saw_end = end_of_stream;
+                stage.trailers_pending = end_of_stream && !trailers_of(&mut s.ex, direction).is_empty();
                 self.check_limit(s, direction, k)
             }
             step => {
@@ -532,11 +646,22 @@ impl Chain {
             Direction::Request => slot.callbacks.request_trailers,
             Direction::Response => slot.callbacks.response_trailers,
         };
+        let mut paused = false;
         if !stage.skipped && has_callback {
-            // The end of the stream: whatever the filter answers, it is released.
-            if let Step::Pause = self.run(s, direction, k, Callback::Trailers)? {
-                self.released_at_end(direction, k, s);
-            }
+            paused = matches!(self.run(s, direction, k, Callback::Trailers)?, Step::Pause);
+        }
+        let stage = &s.flows[direction.index()].stages[k];
+        let waiting = stage.holds() && stage.waiting > 0;
+        if !stage.skipped && ((paused && self.may_resume(s, direction, k)) || waiting) {
+            let stage = &mut s.flows[direction.index()].stages[k];
+            stage.buffering |= !stage.held;
+            stage.saw_end = true;
+            stage.trailers_pending = true;
+            return Ok(());
+        }
+        if paused {
+            // The end of the stream, and nothing can resume the filter: it is released.
+            self.released_at_end(direction, k, s);
         }
         self.release(s, direction, k, false)?;
         self.push(s, direction, k + 1, Event::Trailers)
@@ -556,6 +681,306 @@ impl Chain {
             self.push(s, direction, k + 1, Event::Data { bytes, end_of_stream })?;
         }
         Ok(())
+    }
+
+    /// Whether something can still resume the filter of stage `k` once the stream ended: a
+    /// callout it made for this request, or one its VM made elsewhere (its root context may
+    /// resume requests).
+    fn may_resume(&self, s: &Stream, direction: Direction, k: usize) -> bool {
+        let stage = &s.flows[direction.index()].stages[k];
+        stage.waiting > 0 || self.background.borrow().iter().any(|b| b.slot == stage.slot)
+    }
+
+    /// Takes what the VM of slot `index` asked for during its last callback: callouts to send
+    /// (those of `stream`'s context are the request's; the rest are background), and stream
+    /// actions on other contexts, routed to their requests.
+    fn collect(&self, index: usize, stream: Option<(&mut Stream, Direction, usize)>) {
+        let (callouts, others) = {
+            let mut instance = self.slots[index].instance.borrow_mut();
+            (instance.take_callouts(), instance.take_other_actions())
+        };
+        self.route(index, others);
+        if !callouts.is_empty() {
+            self.dispatch(index, stream, callouts);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        index: usize,
+        mut stream: Option<(&mut Stream, Direction, usize)>,
+        callouts: Vec<CalloutRequest>,
+    ) {
+        let incarnation = self.slots[index].incarnation.get();
+        for request in callouts {
+            let (ctx, token) = (request.context, request.token);
+            let pending = match &self.env.callouts {
+                Some(sender) => sender.send(request),
+                None => PendingCallout::failed(),
+            };
+            if let Some((s, direction, k)) = stream.as_mut() {
+                let stage = &mut s.flows[direction.index()].stages[*k];
+                if stage.ctx.map(|(c, _)| c) == Some(ctx) {
+                    stage.waiting += 1;
+                    s.callouts.push(StreamCallout {
+                        direction: *direction,
+                        k: *k,
+                        ctx,
+                        incarnation,
+                        token,
+                        pending,
+                    });
+                    continue;
+                }
+            }
+            self.background.borrow_mut().push(BackgroundCallout {
+                slot: index,
+                incarnation,
+                ctx,
+                token,
+                pending,
+            });
+            if let Some(waker) = self.background_waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Stream actions a VM took on contexts other than its running callback's: each goes to
+    /// the request of that context if it is held and waiting, which is woken to apply it.
+    fn route(&self, index: usize, actions: Vec<(u32, StreamActions)>) {
+        for (ctx, actions) in actions {
+            let key = (index, ctx);
+            let Some(waker) = self.waiting.borrow().get(&key).cloned() else {
+                tracing::debug!(
+                    filter = self.slots[index].module.name(),
+                    context = ctx,
+                    "stream action on a context that is not waiting; ignored"
+                );
+                continue;
+            };
+            let mut external = self.external.borrow_mut();
+            let entry = external.entry(key).or_default();
+            entry.resume_request |= actions.resume_request;
+            entry.resume_response |= actions.resume_response;
+            entry.reset_request |= actions.reset_request;
+            entry.reset_response |= actions.reset_response;
+            waker.wake();
+        }
+    }
+
+    /// Delivers what arrived for this request while filters hold it: callout answers, and
+    /// resumes (or resets) from other contexts; registers `cx` to be woken for the rest.
+    /// Returns whether anything was delivered (the caller looks at the stream again).
+    pub fn poll_events(&self, s: &mut Stream, cx: &mut Context<'_>) -> Result<bool, Abort> {
+        if let Some(abort) = &s.aborted {
+            return Err(abort.clone());
+        }
+        let result = self.poll_events_inner(s, cx);
+        if let Err(abort) = &result {
+            record_abort(s, abort);
+        }
+        result
+    }
+
+    fn poll_events_inner(&self, s: &mut Stream, cx: &mut Context<'_>) -> Result<bool, Abort> {
+        let mut delivered = false;
+        let mut i = 0;
+        while i < s.callouts.len() {
+            match s.callouts[i].pending.poll(cx) {
+                Poll::Ready(response) => {
+                    let callout = s.callouts.remove(i);
+                    self.deliver(s, callout, response)?;
+                    delivered = true;
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        for direction in [Direction::Request, Direction::Response] {
+            for k in 0..s.flows[direction.index()].stages.len() {
+                let stage = &s.flows[direction.index()].stages[k];
+                let (true, Some((ctx, _))) = (stage.holds(), stage.ctx) else {
+                    continue;
+                };
+                let key = (stage.slot, ctx);
+                let external = self.external.borrow_mut().remove(&key);
+                if let Some(actions) = external {
+                    self.waiting.borrow_mut().remove(&key);
+                    delivered = true;
+                    if actions.reset_request || actions.reset_response {
+                        let filter = self.slots[key.0].module.name().to_string();
+                        return Err(Abort::Reset { filter });
+                    }
+                    let resumed = match direction {
+                        Direction::Request => actions.resume_request,
+                        Direction::Response => actions.resume_response,
+                    };
+                    if resumed {
+                        self.resume_stage(s, direction, k)?;
+                        continue;
+                    }
+                }
+                let stage = &s.flows[direction.index()].stages[k];
+                if stage.holds() && stage.saw_end && !self.may_resume(s, direction, k) {
+                    delivered = true;
+                    self.stuck(s, direction, k)?;
+                    continue;
+                }
+                self.waiting.borrow_mut().insert(key, cx.waker().clone());
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Whether the stream waits for something only the filters can bring (a callout answer or a
+    /// resume), rather than for more of the previous hop's input.
+    pub fn waits_for_filters(&self, s: &Stream) -> bool {
+        !s.callouts.is_empty()
+            || s.flows.iter().any(|flow| {
+                flow.stages
+                    .iter()
+                    .any(|stage| stage.holds() && self.background.borrow().iter().any(|b| b.slot == stage.slot))
+            })
+    }
+
+    /// The answer to a callout of stage `k` reaches its filter.
+    fn deliver(&self, s: &mut Stream, callout: StreamCallout, response: Option<CalloutResponse>) -> Result<(), Abort> {
+        let (direction, k) = (callout.direction, callout.k);
+        let stage = &mut s.flows[direction.index()].stages[k];
+        stage.waiting = stage.waiting.saturating_sub(1);
+        let index = stage.slot;
+        let slot = &self.slots[index];
+        if slot.incarnation.get() != callout.incarnation || stage.skipped {
+            // Its VM was replaced (the context is gone), or the filter failed open meanwhile.
+            return Ok(());
+        }
+        let (result, actions) = {
+            let mut instance = slot.instance.borrow_mut();
+            let result = instance.on_http_call_response(callout.ctx, callout.token, response, Some(&mut s.ex));
+            (result, instance.take_stream_actions())
+        };
+        if let Err(e) = result {
+            self.on_failure(s, direction, k, e.to_string(), true)?;
+            return self.resume_stage(s, direction, k);
+        }
+        self.collect(index, Some((s, direction, k)));
+        if s.ex.local_reply.is_some() {
+            return Err(Abort::LocalReply);
+        }
+        if actions.reset_request || actions.reset_response {
+            return Err(Abort::Reset {
+                filter: slot.module.name().to_string(),
+            });
+        }
+        let resumed = match direction {
+            Direction::Request => actions.resume_request,
+            Direction::Response => actions.resume_response,
+        };
+        if resumed {
+            self.resume_stage(s, direction, k)?;
+        }
+        Ok(())
+    }
+
+    /// The filter of stage `k` resumed: what it holds goes on (headers, buffered body, and the
+    /// end or the trailers if they reached it).
+    fn resume_stage(&self, s: &mut Stream, direction: Direction, k: usize) -> Result<(), Abort> {
+        let stage = &mut s.flows[direction.index()].stages[k];
+        if !stage.holds() {
+            return Ok(());
+        }
+        if let Some((ctx, _)) = stage.ctx {
+            self.waiting.borrow_mut().remove(&(stage.slot, ctx));
+        }
+        let (end, trailers) = (stage.saw_end, std::mem::take(&mut stage.trailers_pending));
+        if stage.held && stage.headers_end && stage.buffer.is_empty() {
+            stage.held = false;
+            stage.buffering = false;
+            return self.push(s, direction, k + 1, Event::Headers { end_of_stream: true });
+        }
+        self.release(s, direction, k, end && !trailers)?;
+        if trailers {
+            self.push(s, direction, k + 1, Event::Trailers)?;
+        }
+        Ok(())
+    }
+
+    /// The filter of stage `k` holds a stream that ended, and nothing it waited for is left:
+    /// nothing will ever resume it. A failure of the filter, by its policy.
+    fn stuck(&self, s: &mut Stream, direction: Direction, k: usize) -> Result<(), Abort> {
+        let error = format!(
+            "it paused the {} and left nothing in flight that could resume it",
+            direction.name()
+        );
+        self.on_failure(s, direction, k, error, true)?;
+        self.resume_stage(s, direction, k)
+    }
+
+    /// Delivers the answers of background callouts (to root contexts) that arrived; registers
+    /// `cx` for the rest. Returns whether anything was delivered.
+    pub fn poll_background(&self, cx: &mut Context<'_>) -> bool {
+        *self.background_waker.borrow_mut() = Some(cx.waker().clone());
+        let mut delivered = false;
+        loop {
+            let ready = {
+                let mut background = self.background.borrow_mut();
+                let mut found = None;
+                for (i, callout) in background.iter().enumerate() {
+                    if let Poll::Ready(response) = callout.pending.poll(cx) {
+                        found = Some((i, response));
+                        break;
+                    }
+                }
+                found.map(|(i, response)| (background.remove(i), response))
+            };
+            let Some((callout, response)) = ready else { break };
+            delivered = true;
+            let slot = &self.slots[callout.slot];
+            if slot.incarnation.get() != callout.incarnation {
+                continue;
+            }
+            let result = slot
+                .instance
+                .borrow_mut()
+                .on_http_call_response(callout.ctx, callout.token, response, None);
+            match result {
+                Ok(_) => self.collect(callout.slot, None),
+                Err(error) => {
+                    self.metrics.filter_failure(slot.module.name());
+                    tracing::error!(filter = slot.module.name(), %error, "proxy_on_http_call_response failed");
+                    self.replace_if_broken(slot);
+                }
+            }
+            // Requests held by this filter may now be stuck: let them look.
+            for ((index, _), waker) in self.waiting.borrow().iter() {
+                if *index == callout.slot {
+                    waker.wake_by_ref();
+                }
+            }
+        }
+        delivered
+    }
+
+    /// `proxy_on_queue_ready` for the VM that consumes the queue, if it is one of this chain's.
+    pub fn on_queue_ready(&self, ready: QueueReady) -> bool {
+        let Some(index) = self
+            .slots
+            .iter()
+            .position(|slot| slot.instance.borrow().id() == ready.instance)
+        else {
+            return false;
+        };
+        let slot = &self.slots[index];
+        let result = slot.instance.borrow_mut().on_queue_ready(ready.queue);
+        match result {
+            Ok(()) => self.collect(index, None),
+            Err(error) => {
+                self.metrics.filter_failure(slot.module.name());
+                tracing::error!(filter = slot.module.name(), %error, "proxy_on_queue_ready failed");
+                self.replace_if_broken(slot);
+            }
+        }
+        true
     }
 
     fn released_at_end(&self, direction: Direction, k: usize, s: &Stream) {
@@ -694,6 +1119,7 @@ impl Chain {
             Ok(action) => action,
             Err(e) => return self.on_failure(s, direction, k, e.to_string(), true),
         };
+        self.collect(slot_index, Some((s, direction, k)));
         if s.ex.local_reply.is_some() {
             return Err(Abort::LocalReply);
         }
@@ -754,7 +1180,7 @@ impl Chain {
         if !slot.instance.borrow().is_broken() {
             return;
         }
-        match FilterInstance::start(&slot.module, &slot.config, &slot.limits) {
+        match FilterInstance::start_with(&slot.module, &slot.config, &slot.limits, &self.env.instance) {
             Ok(fresh) => {
                 *slot.instance.borrow_mut() = fresh;
                 slot.incarnation.set(slot.incarnation.get() + 1);
@@ -826,6 +1252,17 @@ impl Stream {
     /// Why the stream stopped, if it did.
     pub fn aborted(&self) -> Option<&Abort> {
         self.aborted.as_ref()
+    }
+}
+
+/// Marks the stream stopped: every later call answers `abort`, and nothing more is forwarded,
+/// so what filters buffered is let go.
+fn record_abort(s: &mut Stream, abort: &Abort) {
+    s.aborted = Some(abort.clone());
+    for flow in &mut s.flows {
+        for stage in &mut flow.stages {
+            stage.buffer = BodyBuffer::default();
+        }
     }
 }
 

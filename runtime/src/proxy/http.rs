@@ -250,10 +250,13 @@ async fn body_for(shared: &Rc<Shared>, direction: Direction, body: Incoming) -> 
     if passthrough {
         return Ok(ProxyBody::Incoming(body));
     }
+    // A body that already ended (its headers carried the end) gives nothing more to read; a
+    // filter holding such a stream waits for its callouts instead.
+    let inner = (!body.is_end_stream()).then_some(body);
     let mut filtered = FilteredBody {
         shared: shared.clone(),
         direction,
-        inner: Some(body),
+        inner,
         errored: false,
     };
     std::future::poll_fn(|cx| filtered.poll_headers(cx)).await?;
@@ -356,8 +359,25 @@ impl FilteredBody {
                     return Poll::Ready(Ok(()));
                 }
             }
-            ready!(self.pump(cx))?;
+            ready!(self.advance(cx))?;
         }
+    }
+
+    /// Moves the stream on by one step: delivers what filters were waiting for (callout
+    /// answers, resumes), or else reads one frame of the previous hop's body. Pending when
+    /// neither has anything yet (both wake this task).
+    fn advance(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        let chain = &self.shared.generation.chain;
+        {
+            let mut s = self.shared.stream.borrow_mut();
+            if chain.poll_events(&mut s, cx).map_err(BodyError::Abort)? {
+                return Poll::Ready(Ok(()));
+            }
+            if self.inner.is_none() && chain.waits_for_filters(&s) {
+                return Poll::Pending;
+            }
+        }
+        self.pump(cx)
     }
 
     /// Reads one frame of the previous hop's body and pushes it through the chain.
@@ -421,7 +441,7 @@ impl Body for FilteredBody {
                     return Poll::Ready(None);
                 }
             }
-            if let Err(e) = ready!(this.pump(cx)) {
+            if let Err(e) = ready!(this.advance(cx)) {
                 this.errored = true;
                 return Poll::Ready(Some(Err(e)));
             }

@@ -9,17 +9,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::chain::{Chain, ChainFilter, FailurePolicy};
+use super::callout::CalloutSender;
+use super::chain::{Chain, ChainEnv, ChainFilter, FailurePolicy};
 use super::listener;
 use super::published::{Published, Publisher};
+use super::services::SnapshotServices;
 use super::upstream::Upstreams;
 use crate::config::wasmfilter::Phase;
 use crate::metrics::Metrics;
 use crate::modules::ResolvedFilter;
-use crate::wasm::{FilterModule, SandboxLimits};
+use crate::wasm::{FilterModule, InstanceEnv, QueueReady, QueueWaker, SandboxLimits};
 
 /// How the data plane binds and runs.
 #[derive(Debug, Clone)]
@@ -79,6 +81,11 @@ impl DataPlane {
                         }
                     };
                     let local = tokio::task::LocalSet::new();
+                    // Shared-queue items for this worker's VMs arrive here from any thread.
+                    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+                    let queue_waker = QueueWaker::new(move |ready| {
+                        let _ = queue_tx.send(ready);
+                    });
                     let worker = Rc::new(Worker {
                         id,
                         options,
@@ -88,7 +95,9 @@ impl DataPlane {
                         current: RefCell::new(None),
                         listeners: RefCell::new(HashMap::new()),
                         serving: version,
+                        queue_waker,
                     });
+                    local.spawn_local(worker.clone().drive_queues(queue_rx));
                     local.block_on(&runtime, worker.run(rx));
                 })?;
         }
@@ -152,6 +161,7 @@ pub struct Worker {
     current: RefCell<Option<Rc<Generation>>>,
     listeners: RefCell<HashMap<(IpAddr, u16), JoinHandle<()>>>,
     serving: Arc<AtomicU64>,
+    queue_waker: QueueWaker,
 }
 
 impl Worker {
@@ -167,8 +177,10 @@ impl Worker {
         }
     }
 
-    /// Delivers `proxy_on_tick` to this generation's VMs while it is the current one.
-    async fn drive_ticks(self: Rc<Self>, generation: std::rc::Weak<Generation>) {
+    /// Drives what happens to this generation's VMs outside requests, while it is the current
+    /// one: `proxy_on_tick` at each filter's period, and the answers of callouts made from root
+    /// contexts. Holds the generation only while working, so a replaced one is freed.
+    async fn drive_background(self: Rc<Self>, generation: std::rc::Weak<Generation>) {
         /// How often to look again when no filter asked for ticks (a filter may ask later).
         const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
         loop {
@@ -179,7 +191,30 @@ impl Worker {
             let now = tokio::time::Instant::now();
             let next = current.chain.tick(now.into_std()).map(tokio::time::Instant::from_std);
             drop(current);
-            tokio::time::sleep_until(next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK)).await;
+            let sleep = tokio::time::sleep_until(next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK));
+            let answers = std::future::poll_fn(|cx| match generation.upgrade() {
+                Some(current) if current.chain.poll_background(cx) => std::task::Poll::Ready(()),
+                Some(_) => std::task::Poll::Pending,
+                None => std::task::Poll::Ready(()),
+            });
+            tokio::select! {
+                () = sleep => {}
+                () = answers => {}
+            }
+        }
+    }
+
+    /// Hands shared-queue items to the VM that consumes them (`proxy_on_queue_ready`).
+    async fn drive_queues(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<QueueReady>) {
+        while let Some(ready) = rx.recv().await {
+            let Some(current) = self.current() else { continue };
+            if !current.chain.on_queue_ready(ready) {
+                tracing::debug!(
+                    worker = self.id,
+                    ?ready,
+                    "queue item for a VM that is gone; it waits for the next consumer"
+                );
+            }
         }
     }
 
@@ -191,14 +226,22 @@ impl Worker {
     fn apply(self: &Rc<Self>, published: Arc<Published>) {
         let version = published.snapshot.version;
         let filters = self.compose(&published);
-        match Chain::start(&filters, self.metrics.clone()) {
+        let snapshot = published.snapshot.clone();
+        let env = ChainEnv {
+            instance: InstanceEnv {
+                services: Some(Arc::new(SnapshotServices::new(snapshot.clone()))),
+                queue_waker: Some(self.queue_waker.clone()),
+            },
+            callouts: Some(Rc::new(CalloutSender::new(self.upstreams.clone(), snapshot))),
+        };
+        match Chain::start_with(&filters, self.metrics.clone(), env) {
             Ok(chain) => {
                 let generation = Rc::new(Generation {
                     published: published.clone(),
                     chain,
                 });
                 *self.current.borrow_mut() = Some(generation.clone());
-                tokio::task::spawn_local(self.clone().drive_ticks(Rc::downgrade(&generation)));
+                tokio::task::spawn_local(self.clone().drive_background(Rc::downgrade(&generation)));
             }
             Err(e) => {
                 // The last good generation keeps serving.

@@ -9,7 +9,7 @@
 //! | area | imports | state |
 //! |---|---|---|
 //! | [`log`] | `proxy_log`, `proxy_get_log_level`, `proxy_get_current_time_nanoseconds` | done |
-//! | [`timers`] | `proxy_set_tick_period_milliseconds` | period stored; ticks are delivered by the proxy later |
+//! | [`timers`] | `proxy_set_tick_period_milliseconds` | done: the proxy delivers `proxy_on_tick` at the period |
 //! | [`buffers`] | `proxy_{get,set}_buffer_bytes`, `proxy_get_buffer_status` | VM and plugin configuration; request and response bodies in body and trailer callbacks |
 //! | [`headers`] | `proxy_{get,set}_header_map_pairs`, `proxy_{get,add,replace,remove}_header_map_value`, `proxy_get_header_map_size` | request and response headers and trailers |
 //! | [`local_reply`] | `proxy_send_local_response` | done |
@@ -17,9 +17,9 @@
 //! | [`context`] | `proxy_continue_stream`, `proxy_close_stream`, `proxy_set_effective_context`, `proxy_done` | done |
 //! | [`shared_data`] | `proxy_{get,set}_shared_data` | done (process-wide, per VM id, CAS) |
 //! | [`metrics`] | `proxy_define_metric`, `proxy_{increment,record,get}_metric` | done (process-wide registry) |
-//! | [`callouts`] | `proxy_http_call`, `proxy_grpc_{call,stream,send,cancel,close}`, `proxy_get_status` | stub: `INTERNAL_FAILURE` / `NOT_FOUND` |
-//! | [`queues`] | `proxy_{register,resolve,enqueue,dequeue}_shared_queue` | stub: `NOT_FOUND` |
-//! | [`foreign`] | `proxy_call_foreign_function` | stub: `NOT_FOUND` |
+//! | [`callouts`] | `proxy_http_call`, `proxy_grpc_{call,stream,send,cancel,close}`, `proxy_get_status` | HTTP callouts done; gRPC not implemented (`INTERNAL_FAILURE` + a log line) |
+//! | [`queues`] | `proxy_{register,resolve,enqueue,dequeue}_shared_queue` | done (process-wide, Envoy's consumer model) |
+//! | [`foreign`] | `proxy_call_foreign_function` | done: `tidegate.*` host services |
 //! | [`wasi`] | `wasi_snapshot_preview1::*` (all 46) | stdout/stderr → log, clocks, random, empty args/env; files → `BADF` |
 //!
 //! Hostcalls return a [`Status`] and never trap on bad input: a guest pointer outside memory is
@@ -85,6 +85,7 @@ pub(crate) mod map_type {
     pub(crate) const HTTP_REQUEST_TRAILERS: i32 = 1;
     pub(crate) const HTTP_RESPONSE_HEADERS: i32 = 2;
     pub(crate) const HTTP_RESPONSE_TRAILERS: i32 = 3;
+    pub(crate) const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
     pub(crate) const HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
 }
 
@@ -93,6 +94,7 @@ pub(crate) mod buffer_type {
     pub(crate) const HTTP_REQUEST_BODY: i32 = 0;
     pub(crate) const HTTP_RESPONSE_BODY: i32 = 1;
     pub(crate) const DOWNSTREAM_DATA: i32 = 2;
+    pub(crate) const HTTP_CALL_RESPONSE_BODY: i32 = 4;
     pub(crate) const VM_CONFIGURATION: i32 = 6;
     pub(crate) const PLUGIN_CONFIGURATION: i32 = 7;
     pub(crate) const FOREIGN_FUNCTION_ARGUMENTS: i32 = 8;

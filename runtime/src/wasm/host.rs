@@ -14,6 +14,8 @@ use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use super::abi::metrics::Metric;
 use super::exchange::HttpExchange;
 use super::instance::StreamActions;
+use super::queue::QueueWaker;
+use super::services::{CalloutRequest, CalloutResponse, HostServices};
 
 /// Table elements a filter may grow its tables to. Rust and TinyGo filters use a few hundred for
 /// function pointers and never grow them; the cap only stops a hostile `table.grow` loop.
@@ -44,6 +46,9 @@ pub(crate) enum Phase {
     ResponseTrailers,
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`: headers are sent, still readable.
     Finish,
+    /// `proxy_on_http_call_response`: the callout's answer is readable, and the request of the
+    /// context that made the call, if it is still waiting.
+    CalloutResponse,
 }
 
 /// The memory cap of one store (`ResourceLimiter`). Growing past it traps, and the requested
@@ -148,6 +153,23 @@ pub(crate) struct HostState {
     /// Metrics this VM used, by id − 1, so metric hostcalls take no lock after the first use.
     pub(crate) metrics: Vec<Option<Arc<Metric>>>,
     pub(crate) rng: Rng,
+    /// Unique among all instances of the process (names the consumer of shared queues).
+    pub(crate) instance_id: u64,
+    /// What the proxy offers: callout upstreams, host services.
+    pub(crate) services: Option<Arc<dyn HostServices>>,
+    pub(crate) queue_waker: Option<QueueWaker>,
+    /// Callouts made since the proxy last collected them.
+    pub(crate) callout_outbox: Vec<CalloutRequest>,
+    /// Tokens of callouts not answered yet.
+    pub(crate) callouts_in_flight: HashSet<u32>,
+    next_callout_token: u32,
+    /// The answer being delivered (`proxy_on_http_call_response`).
+    pub(crate) callout_response: Option<CalloutResponse>,
+    /// Stream actions on contexts other than the running callback's request (e.g. a root
+    /// context resuming requests that waited for it), for the proxy to route.
+    pub(crate) other_actions: Vec<(u32, StreamActions)>,
+    /// The gRPC "not implemented" warning was logged.
+    pub(crate) warned_grpc: bool,
 }
 
 // === impl HostState ===
@@ -180,7 +202,44 @@ impl HostState {
             tick_period_ms: 0,
             metrics: Vec::new(),
             rng: Rng::new(),
+            instance_id: 0,
+            services: None,
+            queue_waker: None,
+            callout_outbox: Vec::new(),
+            callouts_in_flight: HashSet::new(),
+            next_callout_token: 0,
+            callout_response: None,
+            other_actions: Vec::new(),
+            warned_grpc: false,
         }
+    }
+
+    /// A callout token not in use (never 0, which SDKs may treat as "none").
+    pub(crate) fn next_callout_token(&mut self) -> u32 {
+        loop {
+            self.next_callout_token = self.next_callout_token.wrapping_add(1);
+            let token = self.next_callout_token;
+            if token != 0 && !self.callouts_in_flight.contains(&token) {
+                return token;
+            }
+        }
+    }
+
+    /// The stream actions of the effective context: those of the running callback's request
+    /// fold into its result; others are kept for the proxy to route.
+    pub(crate) fn actions_of_effective(&mut self) -> &mut StreamActions {
+        let ctx = self.effective_ctx;
+        if self.exchange_ctx == Some(ctx) {
+            return &mut self.actions;
+        }
+        let index = match self.other_actions.iter().position(|(c, _)| *c == ctx) {
+            Some(index) => index,
+            None => {
+                self.other_actions.push((ctx, StreamActions::default()));
+                self.other_actions.len() - 1
+            }
+        };
+        &mut self.other_actions[index].1
     }
 
     /// The request the effective context may act on: only the one the running callback is

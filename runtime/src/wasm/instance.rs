@@ -1,5 +1,6 @@
 //! One filter VM: a `Store` and its `Instance`, driven through the proxy-wasm callbacks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Instance, Store, Trap, TypedFunc, WasmBacktrace};
@@ -7,10 +8,14 @@ use wasmtime::{Instance, Store, Trap, TypedFunc, WasmBacktrace};
 use super::abi::wasi::ProcExit;
 use super::exchange::HttpExchange;
 use super::host::{HostState, Phase};
+use super::services::{CalloutRequest, CalloutResponse, InstanceEnv};
 use super::{FilterModule, LIFECYCLE_MIN_TIMEOUT, SandboxLimits, WasmError, ticks_for};
 
 /// The id of the root (plugin) context; HTTP contexts are numbered after it.
 pub(crate) const ROOT_CONTEXT_ID: u32 = 1;
+
+/// Instance ids, unique in the process (shared queues name their consumer by it).
+static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a filter asked the proxy to do with the stream after a header, body or trailers
 /// callback.
@@ -59,6 +64,8 @@ struct Callbacks {
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 impl Callbacks {
@@ -77,6 +84,8 @@ impl Callbacks {
             on_log: instance.get_typed_func(&mut *store, "proxy_on_log").ok(),
             on_delete: instance.get_typed_func(&mut *store, "proxy_on_delete").ok(),
             on_tick: instance.get_typed_func(&mut *store, "proxy_on_tick").ok(),
+            on_http_call_response: instance.get_typed_func(&mut *store, "proxy_on_http_call_response").ok(),
+            on_queue_ready: instance.get_typed_func(&mut *store, "proxy_on_queue_ready").ok(),
         }
     }
 }
@@ -122,14 +131,28 @@ impl FilterInstance {
     /// [`WasmError::VmStartRejected`] if `proxy_on_vm_start` does, the trap, deadline and memory
     /// errors of the calls, and [`WasmError::Instantiate`] if no instance slot is free.
     pub fn start(module: &FilterModule, plugin_config: &[u8], limits: &SandboxLimits) -> Result<Self, WasmError> {
+        Self::start_with(module, plugin_config, limits, &InstanceEnv::default())
+    }
+
+    /// [`start`](Self::start) embedded in a proxy: `env` says which upstreams callouts may
+    /// reach, answers host services, and is told of shared-queue items for this VM.
+    pub fn start_with(
+        module: &FilterModule,
+        plugin_config: &[u8],
+        limits: &SandboxLimits,
+        env: &InstanceEnv,
+    ) -> Result<Self, WasmError> {
         let inner = &module.inner;
         let memory_bytes = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let state = HostState::new(
+        let mut state = HostState::new(
             inner.name.clone(),
             memory_bytes,
             plugin_config.to_vec(),
             ROOT_CONTEXT_ID,
         );
+        state.instance_id = NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed);
+        state.services = env.services.clone();
+        state.queue_waker = env.queue_waker.clone();
         let mut store = Store::new(&inner.runtime.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
@@ -213,6 +236,11 @@ impl FilterInstance {
         }
     }
 
+    /// This instance's id, unique in the process ([`QueueReady::instance`](super::QueueReady)).
+    pub fn id(&self) -> u64 {
+        self.store.data().instance_id
+    }
+
     /// The filter's name (as given to [`WasmRuntime::load`](super::WasmRuntime::load)).
     pub fn name(&self) -> &str {
         self.module.name()
@@ -252,6 +280,90 @@ impl FilterInstance {
     /// The stream actions collected since the last call (see [`StreamActions`]).
     pub fn take_stream_actions(&mut self) -> StreamActions {
         std::mem::take(&mut self.store.data_mut().actions)
+    }
+
+    /// The HTTP callouts the filter made since the last call, for the proxy to send; each
+    /// answer goes back through [`on_http_call_response`](Self::on_http_call_response).
+    pub fn take_callouts(&mut self) -> Vec<CalloutRequest> {
+        std::mem::take(&mut self.store.data_mut().callout_outbox)
+    }
+
+    /// Stream actions the filter took on contexts other than the request of the callback that
+    /// ran (e.g. a root context resuming the requests that waited for its callout), by context.
+    pub fn take_other_actions(&mut self) -> Vec<(u32, StreamActions)> {
+        std::mem::take(&mut self.store.data_mut().other_actions)
+    }
+
+    /// Forgets callout `token`: its answer will not be delivered (its request is gone).
+    pub fn cancel_callout(&mut self, token: u32) {
+        self.store.data_mut().callouts_in_flight.remove(&token);
+    }
+
+    /// Whether context `ctx` is open (created, and not finished).
+    pub fn is_open(&self, ctx: u32) -> bool {
+        let state = self.store.data();
+        state.live.contains(&ctx) && !state.pending_done.contains(&ctx)
+    }
+
+    /// Delivers the answer to callout `token` (`None`: it failed or timed out, delivered as
+    /// Envoy does, with no headers) to context `ctx`, which made it:
+    /// `proxy_on_http_call_response(ctx, token, headers, body_size, trailers)`. `ex` is that
+    /// context's request when it is still in flight (the filter may change it, resume it or
+    /// answer it); a context that is gone no longer gets answers, as in Envoy.
+    ///
+    /// Returns whether the callback ran. The filter's stream actions are collected as after any
+    /// callback ([`take_stream_actions`](Self::take_stream_actions) for `ex`'s request).
+    pub fn on_http_call_response(
+        &mut self,
+        ctx: u32,
+        token: u32,
+        response: Option<CalloutResponse>,
+        ex: Option<&mut HttpExchange>,
+    ) -> Result<bool, WasmError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
+        let state = self.store.data_mut();
+        if !state.callouts_in_flight.remove(&token) {
+            return Ok(false);
+        }
+        let root = state.root_id;
+        if ctx != root && !(state.live.contains(&ctx) && !state.pending_done.contains(&ctx)) {
+            return Ok(false);
+        }
+        let Some(callback) = self.callbacks.on_http_call_response.clone() else {
+            return Ok(false);
+        };
+        let (headers, body, trailers) = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                clamp_size(r.headers.len()),
+                clamp_size(r.body.len()),
+                clamp_size(r.trailers.len()),
+            )
+        });
+        state.callout_response = response;
+        let timeout = self.call_timeout;
+        let result = self.invoke(Phase::CalloutResponse, ctx, ex, timeout, |store, _| {
+            callback.call(store, (ctx as i32, token as i32, headers, body, trailers))
+        });
+        self.store.data_mut().callout_response = None;
+        result?;
+        self.complete_deferred();
+        Ok(true)
+    }
+
+    /// `proxy_on_queue_ready(root, queue)`: an item waits on a queue this VM registered.
+    pub fn on_queue_ready(&mut self, queue: u32) -> Result<(), WasmError> {
+        let Some(callback) = self.callbacks.on_queue_ready.clone() else {
+            return Ok(());
+        };
+        let root = self.store.data().root_id;
+        let timeout = self.call_timeout;
+        self.invoke(Phase::Lifecycle, root, None, timeout, |store, _| {
+            callback.call(store, (root as i32, queue as i32))
+        })?;
+        self.complete_deferred();
+        Ok(())
     }
 
     /// Opens an HTTP context for a new request (`proxy_on_context_create(id, root)`) and returns
@@ -563,6 +675,12 @@ impl FilterInstance {
                 return;
             }
         }
+    }
+}
+
+impl Drop for FilterInstance {
+    fn drop(&mut self) {
+        super::queue::release(self.id());
     }
 }
 

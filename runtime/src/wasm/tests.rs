@@ -18,6 +18,7 @@ const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const BAD_ARGUMENT: u32 = 2;
 const INVALID_MEMORY_ACCESS: u32 = 6;
+const EMPTY: u32 = 7;
 const CAS_MISMATCH: u32 = 8;
 const INTERNAL_FAILURE: u32 = 10;
 const UNIMPLEMENTED: u32 = 12;
@@ -1768,7 +1769,7 @@ fn metrics_are_defined_once_and_exported() {
 // === stubs and WASI ===
 
 #[test]
-fn unbuilt_areas_answer_spec_statuses() {
+fn callouts_queues_and_host_services_without_a_proxy_answer_spec_statuses() {
     let mut w = Wat::new();
     let mut call_headers = Vec::new();
     codec::serialize_map(
@@ -1790,7 +1791,7 @@ fn unbuilt_areas_answer_spec_statuses() {
     (call $rec (i32.const 3) (call $get_status (i32.const 0x80) (i32.const 0x84) (i32.const 0x88)))
     (call $rec (i32.const 4) (call $ffi {upstream} (i32.const 0) (i32.const 0) (i32.const 0x80) (i32.const 0x84)))
     (call $rec (i32.const 5) (call $register_queue {upstream} (i32.const 0x80)))
-    (call $rec (i32.const 6) (call $dequeue (i32.const 1) (i32.const 0x80) (i32.const 0x84)))
+    (call $rec (i32.const 6) (call $dequeue (i32.load (i32.const 0x80)) (i32.const 0x90) (i32.const 0x94)))
     (call $rec (i32.const 7) (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
     (call $rec (i32.const 8) (call $get_buffer (i32.const 99) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
     (call $rec (i32.const 9) (call $set_tick (i32.const 500)))
@@ -1807,19 +1808,23 @@ fn unbuilt_areas_answer_spec_statuses() {
     run_request(&mut instance, &mut request()).unwrap();
     assert_eq!(
         slot(&instance, 0),
-        INTERNAL_FAILURE,
-        "callouts are not built: the call fails to send"
+        BAD_ARGUMENT,
+        "without a proxy around the VM no upstream exists"
     );
     assert_eq!(
         slot(&instance, 1),
         BAD_ARGUMENT,
         "headers must have :method, :path and :authority"
     );
-    assert_eq!(slot(&instance, 2), INTERNAL_FAILURE);
+    assert_eq!(
+        slot(&instance, 2),
+        INTERNAL_FAILURE,
+        "gRPC callouts are not implemented"
+    );
     assert_eq!(slot(&instance, 3), NOT_FOUND);
-    assert_eq!(slot(&instance, 4), NOT_FOUND, "no foreign functions yet");
-    assert_eq!(slot(&instance, 5), NOT_FOUND, "no queues yet");
-    assert_eq!(slot(&instance, 6), NOT_FOUND);
+    assert_eq!(slot(&instance, 4), NOT_FOUND, "no host services without a proxy");
+    assert_eq!(slot(&instance, 5), OK, "queues are process-wide");
+    assert_eq!(slot(&instance, 6), EMPTY, "a new queue is empty");
     assert_eq!(slot(&instance, 7), NOT_FOUND, "bodies are not available");
     assert_eq!(slot(&instance, 8), BAD_ARGUMENT, "unknown buffer");
     assert_eq!(slot(&instance, 9), OK);

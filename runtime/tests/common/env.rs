@@ -19,16 +19,22 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts the tidegate binary.
     pub fn start(name: &str, args: &[&str], log_dir: &Path) -> Self {
+        Self::start_program(name, BIN, args, log_dir)
+    }
+
+    /// Starts another program (a peer: nginx, ...), logging to `log_dir/name.log`.
+    pub fn start_program(name: &str, program: &str, args: &[&str], log_dir: &Path) -> Self {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(BIN)
+        let child = Command::new(program)
             .args(args)
             .stdout(file.try_clone().expect("clone log handle"))
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
-            .expect("start tidegate");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         Self {
             child,
             name: name.to_string(),
@@ -278,4 +284,45 @@ spec:
     backendRefs: [{{name: {service}, port: 8080}}]
 "#
     )
+}
+
+/// The example filters built for the tests (see runtime/build.rs).
+pub const EXAMPLES: &str = env!("TIDEGATE_EXAMPLE_FILTERS");
+
+/// Copies example filter `artifact` into the config dir as `modules/<as_name>` (atomically).
+pub fn copy_module(env: &Env, artifact: &str, as_name: &str) {
+    let dir = env.config_dir().join("modules");
+    std::fs::create_dir_all(&dir).expect("modules dir");
+    let source = Path::new(EXAMPLES).join(format!("{artifact}.wasm"));
+    let tmp = dir.join(format!(".{as_name}.tmp"));
+    std::fs::copy(&source, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+    std::fs::rename(&tmp, dir.join(as_name)).expect("rename module");
+}
+
+/// A WasmFilter `ns/name` running `modules/<module>`, with the rest of its spec.
+pub fn wasm_filter(name: &str, module: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  module: {{file: modules/{module}}}\n{spec}"
+    )
+}
+
+/// A request header as the echo backend saw it (values joined by commas).
+pub fn header_at_backend(body: &str, name: &str) -> Option<String> {
+    let echoed = json(body);
+    echoed["headers"][name]
+        .as_array()
+        .map(|v| v.iter().filter_map(|s| s.as_str()).collect::<Vec<_>>().join(","))
+}
+
+/// The value of a counter or gauge sample on the admin /metrics (0 when absent).
+pub fn metric(env: &Env, sample: &str) -> f64 {
+    let metrics = http_get(&env.admin, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

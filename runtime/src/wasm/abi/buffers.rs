@@ -12,8 +12,10 @@
 //!   callback, `proxy_on_log`, another context) they answer `NOT_FOUND`, as Envoy does when it
 //!   has no buffer, which the Rust SDK turns into `None`.
 //!
-//! L4 data, callout responses, gRPC messages and foreign-function arguments are not built yet:
-//! `NOT_FOUND`. Ids past `FOREIGN_FUNCTION_ARGUMENTS` are `BAD_ARGUMENT`.
+//! - `HTTP_CALL_RESPONSE_BODY` during `proxy_on_http_call_response`: the callout's answer,
+//!   read-only.
+//!
+//! L4 data, gRPC messages and foreign-function arguments are not served: `NOT_FOUND`. Ids past `FOREIGN_FUNCTION_ARGUMENTS` are `BAD_ARGUMENT`.
 //!
 //! Reads copy the window `[start, start + max_size)` clamped to the buffer (a window past the
 //! end is empty, returned as `(0, 0)`), as the C++ host does. Writes follow
@@ -27,8 +29,8 @@
 use wasmtime::{Caller, Linker};
 
 use super::buffer_type::{
-    DOWNSTREAM_DATA, FOREIGN_FUNCTION_ARGUMENTS, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY, PLUGIN_CONFIGURATION,
-    VM_CONFIGURATION,
+    DOWNSTREAM_DATA, FOREIGN_FUNCTION_ARGUMENTS, HTTP_CALL_RESPONSE_BODY, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY,
+    PLUGIN_CONFIGURATION, VM_CONFIGURATION,
 };
 use super::{ENV, Status, status};
 use crate::wasm::exchange::BodyBuffer;
@@ -49,6 +51,7 @@ enum Buffer {
     Plugin,
     RequestBody,
     ResponseBody,
+    CalloutBody,
 }
 
 /// Which buffer `buffer` names, or the status for any other id.
@@ -58,7 +61,8 @@ fn buffer_of(buffer: i32) -> Result<Buffer, Status> {
         PLUGIN_CONFIGURATION => Ok(Buffer::Plugin),
         HTTP_REQUEST_BODY => Ok(Buffer::RequestBody),
         HTTP_RESPONSE_BODY => Ok(Buffer::ResponseBody),
-        // L4 data, callout responses, gRPC messages, foreign-function arguments: not built.
+        HTTP_CALL_RESPONSE_BODY => Ok(Buffer::CalloutBody),
+        // L4 data, gRPC messages, foreign-function arguments: not served.
         DOWNSTREAM_DATA..=FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
@@ -95,6 +99,10 @@ fn take(state: &mut HostState, which: Buffer) -> Result<Taken, Status> {
     Ok(match which {
         Buffer::Vm => Taken::Config(std::mem::take(&mut state.vm_config)),
         Buffer::Plugin => Taken::Config(std::mem::take(&mut state.plugin_config)),
+        Buffer::CalloutBody => match &mut state.callout_response {
+            Some(response) => Taken::Config(std::mem::take(&mut response.body)),
+            None => return Err(Status::NotFound),
+        },
         Buffer::RequestBody | Buffer::ResponseBody => Taken::Body(std::mem::take(body_of(state, which)?)),
     })
 }
@@ -105,6 +113,11 @@ fn restore(state: &mut HostState, which: Buffer, taken: Taken) {
     match (which, taken) {
         (Buffer::Vm, Taken::Config(bytes)) => state.vm_config = bytes,
         (Buffer::Plugin, Taken::Config(bytes)) => state.plugin_config = bytes,
+        (Buffer::CalloutBody, Taken::Config(bytes)) => {
+            if let Some(response) = &mut state.callout_response {
+                response.body = bytes;
+            }
+        }
         (Buffer::RequestBody, Taken::Body(body)) => state.exchange.request_body = body,
         (Buffer::ResponseBody, Taken::Body(body)) => state.exchange.response_body = body,
         _ => {}
@@ -155,7 +168,7 @@ fn proxy_set_buffer_bytes(
     len: i32,
 ) -> i32 {
     let which = match buffer_of(buffer) {
-        Ok(Buffer::Vm | Buffer::Plugin) => return Status::NotFound as i32,
+        Ok(Buffer::Vm | Buffer::Plugin | Buffer::CalloutBody) => return Status::NotFound as i32,
         Ok(which) => which,
         Err(s) => return s as i32,
     };
@@ -181,6 +194,7 @@ fn proxy_get_buffer_status(mut caller: Caller<'_, HostState>, buffer: i32, ret_s
         let size = match which {
             Buffer::Vm => state.vm_config.len(),
             Buffer::Plugin => state.plugin_config.len(),
+            Buffer::CalloutBody => state.callout_response.as_ref().ok_or(Status::NotFound)?.body.len(),
             Buffer::RequestBody | Buffer::ResponseBody => body_of(state, which)?.len(),
         };
         range(mem.len(), ret_flags, 4)?;

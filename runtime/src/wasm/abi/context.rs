@@ -4,7 +4,9 @@
 //! Stream actions are deferred, as in the C++ host: they are recorded during the callback and
 //! the proxy applies them afterwards (see
 //! [`FilterInstance::take_stream_actions`](crate::wasm::FilterInstance::take_stream_actions)), so
-//! no hostcall re-enters the proxy. L4 streams do not exist yet: continuing one is
+//! no hostcall re-enters the proxy. An action on the request of the running callback folds into
+//! its result; one on another context (a root context resuming the requests that waited for
+//! its callout) is kept apart for the proxy to route to that request. L4 streams do not exist yet: continuing one is
 //! `UNIMPLEMENTED` (the spec allows it), closing one `BAD_ARGUMENT`.
 //!
 //! `proxy_set_effective_context` accepts only this VM's own contexts (the root context and open
@@ -26,7 +28,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 }
 
 fn proxy_continue_stream(mut caller: Caller<'_, HostState>, stream: i32) -> i32 {
-    let actions = &mut caller.data_mut().actions;
+    let actions = caller.data_mut().actions_of_effective();
     match stream {
         HTTP_REQUEST => actions.resume_request = true,
         HTTP_RESPONSE => actions.resume_response = true,
@@ -37,7 +39,7 @@ fn proxy_continue_stream(mut caller: Caller<'_, HostState>, stream: i32) -> i32 
 }
 
 fn proxy_close_stream(mut caller: Caller<'_, HostState>, stream: i32) -> i32 {
-    let actions = &mut caller.data_mut().actions;
+    let actions = caller.data_mut().actions_of_effective();
     match stream {
         HTTP_REQUEST => actions.reset_request = true,
         HTTP_RESPONSE => actions.reset_response = true,

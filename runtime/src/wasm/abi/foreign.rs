@@ -1,14 +1,19 @@
-//! Foreign functions: `proxy_call_foreign_function`.
+//! Foreign functions: `proxy_call_foreign_function`, tidegate's extension point for host
+//! services (`tidegate.<name>`, see DESIGN.md), answered by the VM's
+//! [`HostServices`](crate::wasm::HostServices).
 //!
-//! tidegate's host services will be reached here as `tidegate.<name>` (see DESIGN.md). None is
-//! registered yet: after checking guest memory, every name answers `NOT_FOUND`, which the Rust
-//! SDK returns as `Err(Status::NotFound)`.
+//! An unknown name is `NOT_FOUND` (the Rust SDK returns it as `Err(Status::NotFound)`), wrong
+//! arguments are `BAD_ARGUMENT`, and the answer is copied into a guest allocation (`(0, 0)` when
+//! empty).
 
 use wasmtime::{Caller, Linker};
 
-use super::{ENV, Status, status};
+use super::{ENV, Status, trappable};
 use crate::wasm::host::HostState;
-use crate::wasm::memory::{bytes, range, with_memory};
+use crate::wasm::memory::{bytes, return_bytes};
+
+/// The longest function name.
+const MAX_NAME: usize = 256;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(ENV, "proxy_call_foreign_function", proxy_call_foreign_function)?;
@@ -23,12 +28,22 @@ fn proxy_call_foreign_function(
     args_len: i32,
     ret_ptr: i32,
     ret_len: i32,
-) -> i32 {
-    status(with_memory(&mut caller, |mem, _| {
-        bytes(mem, name_ptr, name_len)?;
-        bytes(mem, args_ptr, args_len)?;
-        range(mem.len(), ret_ptr, 4)?;
-        range(mem.len(), ret_len, 4)?;
-        Err(Status::NotFound)
+) -> wasmtime::Result<i32> {
+    trappable(return_bytes(&mut caller, ret_ptr, ret_len, |mem, state, out| {
+        let name = bytes(mem, name_ptr, name_len)?;
+        let args = bytes(mem, args_ptr, args_len)?;
+        if name.len() > MAX_NAME {
+            return Err(Status::BadArgument);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| Status::NotFound)?;
+        let services = state.services.as_ref().ok_or(Status::NotFound)?;
+        match services.foreign_function(name, args) {
+            None => Err(Status::NotFound),
+            Some(Err(())) => Err(Status::BadArgument),
+            Some(Ok(answer)) => {
+                out.extend_from_slice(&answer);
+                Ok(())
+            }
+        }
     }))
 }

@@ -10,8 +10,9 @@
 //! after the headers were sent simply has no effect, as in Envoy. Trailers are readable in every
 //! HTTP callback (empty while there are none) and writable in the trailers callback of their
 //! direction, and in its last body callback (`end_of_stream`), where adding one creates the
-//! trailers, as Envoy allows; elsewhere a write is `BAD_ARGUMENT` (Envoy's answer too). gRPC and
-//! callout maps are never available yet.
+//! trailers, as Envoy allows; elsewhere a write is `BAD_ARGUMENT` (Envoy's answer too). The
+//! headers and trailers of a callout's answer are readable (not writable) during
+//! `proxy_on_http_call_response`; gRPC metadata is never available (no gRPC callouts).
 //!
 //! Names are compared case-insensitively and stored lowercase. A name must be a token (or a
 //! `:pseudo` token) and a value must have no control characters but tab, so a filter can neither
@@ -21,8 +22,8 @@
 use wasmtime::{Caller, Linker};
 
 use super::map_type::{
-    HTTP_CALL_RESPONSE_TRAILERS, HTTP_REQUEST_HEADERS, HTTP_REQUEST_TRAILERS, HTTP_RESPONSE_HEADERS,
-    HTTP_RESPONSE_TRAILERS,
+    HTTP_CALL_RESPONSE_HEADERS, HTTP_CALL_RESPONSE_TRAILERS, HTTP_REQUEST_HEADERS, HTTP_REQUEST_TRAILERS,
+    HTTP_RESPONSE_HEADERS, HTTP_RESPONSE_TRAILERS,
 };
 use super::{ENV, Status, status, trappable};
 use crate::wasm::codec::{SerializedMap, serialize_map, serialized_map_size, valid_header_name, valid_header_value};
@@ -56,6 +57,8 @@ enum Map {
     ResponseHeaders,
     RequestTrailers,
     ResponseTrailers,
+    CalloutHeaders,
+    CalloutTrailers,
 }
 
 fn map_of(map_type: i32) -> Result<Map, Status> {
@@ -64,20 +67,29 @@ fn map_of(map_type: i32) -> Result<Map, Status> {
         HTTP_RESPONSE_HEADERS => Ok(Map::ResponseHeaders),
         HTTP_REQUEST_TRAILERS => Ok(Map::RequestTrailers),
         HTTP_RESPONSE_TRAILERS => Ok(Map::ResponseTrailers),
-        // gRPC metadata and callout responses: no callouts exist yet, so never available.
-        4..=HTTP_CALL_RESPONSE_TRAILERS => Err(Status::BadArgument),
+        HTTP_CALL_RESPONSE_HEADERS => Ok(Map::CalloutHeaders),
+        HTTP_CALL_RESPONSE_TRAILERS => Ok(Map::CalloutTrailers),
+        // gRPC metadata: no gRPC callouts, so never available.
         _ => Err(Status::BadArgument),
     }
 }
 
 /// The list to read.
 fn readable(state: &HostState, map: Map) -> Result<&HeaderList, Status> {
+    if let Map::CalloutHeaders | Map::CalloutTrailers = map {
+        let response = state.callout_response.as_ref().ok_or(Status::BadArgument)?;
+        return Ok(match map {
+            Map::CalloutHeaders => &response.headers,
+            _ => &response.trailers,
+        });
+    }
     let ex = state.exchange().ok_or(Status::BadArgument)?;
     Ok(match map {
         Map::RequestHeaders => &ex.request_headers,
         Map::ResponseHeaders => &ex.response_headers,
         Map::RequestTrailers => &ex.request_trailers,
         Map::ResponseTrailers => &ex.response_trailers,
+        Map::CalloutHeaders | Map::CalloutTrailers => unreachable!("answered above"),
     })
 }
 
@@ -97,6 +109,8 @@ fn writable(state: &mut HostState, map: Map) -> Result<&mut HeaderList, Status> 
             Phase::ResponseBody if end_of_stream => Ok(&mut ex.response_trailers),
             _ => Err(Status::BadArgument),
         },
+        // A callout's answer is the filter's to read, not to change.
+        Map::CalloutHeaders | Map::CalloutTrailers => Err(Status::BadArgument),
     }
 }
 

@@ -3,7 +3,8 @@
 //! The reply is recorded in [`HttpExchange::local_reply`](crate::wasm::HttpExchange) and sent by
 //! the proxy after the callback returns (the C++ host defers it the same way), so a hostcall
 //! never re-enters the proxy's state machine. It is allowed in the request's header, body and
-//! trailer callbacks while the response headers have not been sent downstream
+//! trailer callbacks, and in `proxy_on_http_call_response` of a context whose request waits
+//! (an authorization filter answering 403 after its check), while the response headers have not been sent downstream
 //! ([`HttpExchange::response_sent`](crate::wasm::HttpExchange)). Anywhere else
 //! (`proxy_on_configure`, `proxy_on_log`, another context, a response body callback once the
 //! response is streaming) it is `BAD_ARGUMENT`.
@@ -53,6 +54,7 @@ fn proxy_send_local_response(
                 | Phase::ResponseHeaders
                 | Phase::ResponseBody
                 | Phase::ResponseTrailers
+                | Phase::CalloutResponse
         ) {
             return Err(Status::BadArgument);
         }
