@@ -27,6 +27,17 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, ClusterPlan>,
     /// User filters (WasmFilter objects), in chain order.
     pub filters: Vec<crate::translate::wasmfilters::UserFilterPlan>,
+    /// Pods by address, for the `tidegate.workload` host service.
+    pub workloads: BTreeMap<IpAddr, Workload>,
+}
+
+/// A pod as filters see it (`tidegate.workload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: Option<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What to serve on one port (the Gateway's port, before any `--port-offset`).

@@ -18,7 +18,7 @@ use tidegate_router::config::RouterConfig;
 
 use crate::config::ObjectStore;
 use crate::config::objects::{Object, SERVICE_NAME_LABEL, Service};
-use crate::snapshot::{ClusterPlan, Snapshot, UpstreamProtocol};
+use crate::snapshot::{ClusterPlan, Snapshot, UpstreamProtocol, Workload};
 
 pub use self::addresses::AddressPool;
 pub use self::status::ObjectStatus;
@@ -93,9 +93,31 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
             balancer,
             clusters: cluster_plans,
             filters,
+            workloads: workloads(store),
         },
         statuses,
     }
+}
+
+/// Pods by each of their addresses.
+fn workloads(store: &ObjectStore) -> BTreeMap<IpAddr, Workload> {
+    let mut workloads = BTreeMap::new();
+    for object in store.of_kind("Pod") {
+        let Object::Pod(pod) = object else { continue };
+        let workload = Workload {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone(),
+            service_account: pod.spec.service_account_name.clone(),
+            labels: pod.metadata.labels.clone(),
+        };
+        let addresses = pod.status.pod_ip.iter().chain(pod.status.pod_ips.iter().map(|p| &p.ip));
+        for address in addresses {
+            if let Ok(ip) = address.parse::<IpAddr>() {
+                workloads.insert(ip, workload.clone());
+            }
+        }
+    }
+    workloads
 }
 
 /// The clusters routes refer to: one per (Service, port).

@@ -1,13 +1,13 @@
 //! What the host knows about a cluster: its endpoints.
 //!
-//! The endpoints of a cluster will come from the host service `tidegate.endpoints`, reached
-//! through `proxy_call_foreign_function`. tidegate does not provide it yet: it answers
-//! `NOT_FOUND` and [`endpoints`] returns `None`. (The standard balancer gets its endpoints in its
-//! configuration instead.) Filters written against [`endpoints`] start receiving them when the
-//! host does, with no change.
+//! The endpoints of a cluster come from the host service `tidegate.endpoints`, reached through
+//! `proxy_call_foreign_function`. Every Service port the configuration knows is a cluster (not
+//! only route backends). Outside tidegate (another proxy, a harness without host services) the
+//! call answers `NOT_FOUND` and [`endpoints`] returns `None`.
 //!
-//! The `tidegate.endpoints` contract (unstable until the host implements it): the argument is a
-//! cluster name (`namespace/service:port`, as [`cluster`](crate::cluster) returns it); the answer
+//! The `tidegate.endpoints` contract: the argument is a cluster name (`namespace/service:port`,
+//! as [`cluster`](crate::cluster) returns it; `service.namespace.svc.cluster.local:port` is
+//! accepted too); an unknown cluster is `BAD_ARGUMENT` (`None` here); the answer
 //! is a proxy-wasm map (the ABI's header-map serialization) with one entry per ready endpoint:
 //! the key is its `ip:port`, the value its attributes as `key=value` pairs joined by `&`
 //! (`zone=eu-west-1a&active=3`; may be empty). An empty map is a cluster with no ready
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use crate::sys;
 
-/// The host service that answers a cluster's endpoints (not provided yet; see the module docs).
+/// The host service that answers a cluster's endpoints.
 pub const ENDPOINTS_FUNCTION: &str = "tidegate.endpoints";
 
 /// One ready endpoint of a cluster.

@@ -5,14 +5,14 @@
 //! the proxy sees it: with `--capture`, the pod's own address) and `destination.address` (the
 //! address the client connected to), which tidegate sets on every request. They work today.
 //!
-//! **Workloads** (a pod's namespace, name, service account and labels) will come from the host
-//! service `tidegate.workload`, reached through `proxy_call_foreign_function`. tidegate does not
-//! provide it yet: it answers `NOT_FOUND`, and [`source_workload`], [`destination_workload`] and
-//! [`workload`] return `None`. Write filters against these functions now; they start returning
-//! workloads when the host does, with no change to the filter.
+//! **Workloads** (a pod's namespace, name, service account and labels) come from the host
+//! service `tidegate.workload`, reached through `proxy_call_foreign_function`, which knows the
+//! Pods of the configuration (in standalone mode: Pod objects in the config directory, matched
+//! by `status.podIP`/`status.podIPs`). An address no pod has gives `None`, as does a host
+//! without the service.
 //!
-//! The `tidegate.workload` contract (unstable until the host implements it): the argument is an
-//! IP address as text (`10.0.0.7`); the answer is a proxy-wasm map (the ABI's header-map
+//! The `tidegate.workload` contract: the argument is an IP address as text (`10.0.0.7`;
+//! `ip:port` is accepted too); the answer is a proxy-wasm map (the ABI's header-map
 //! serialization) with the keys `namespace`, `name`, `service_account` and one `label/<key>` per
 //! pod label. Any other answer, malformed or not, is `None`. Nothing here ever panics.
 
@@ -25,7 +25,7 @@ use crate::sys;
 pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 /// Property path of the address the client connected to (`ip:port`).
 pub const DESTINATION_ADDRESS: [&str; 2] = ["destination", "address"];
-/// The host service that answers a workload's identity (not provided yet; see the module docs).
+/// The host service that answers a workload's identity.
 pub const WORKLOAD_FUNCTION: &str = "tidegate.workload";
 
 /// A Kubernetes workload (a pod) as the host knows it.

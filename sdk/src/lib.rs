@@ -52,8 +52,7 @@
 //! - **Stable**: the names and signatures of the helpers above, the property names and formats
 //!   in [`decision`], and the rule that a helper never panics.
 //! - **Not stable yet**: the wire format of the `tidegate.workload` and `tidegate.endpoints`
-//!   host services (they are not provided yet; [`identity`] and [`discovery`] document the
-//!   intended one), the fields of [`Workload`] and [`Endpoint`] (both `#[non_exhaustive]`:
+//!   host services (documented in [`identity`] and [`discovery`]), the fields of [`Workload`] and [`Endpoint`] (both `#[non_exhaustive]`:
 //!   more may come), the text of log messages, and the `details` string of a denial's reply.
 //! - The re-exported [`proxy_wasm`] is pinned to 0.2.5 and moves only with a tidegate release.
 //!

@@ -67,6 +67,7 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    Pod(Pod),
     WasmFilter(WasmFilterObject),
 }
 
@@ -81,6 +82,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
             Object::WasmFilter(o) => &o.metadata,
         }
     }
@@ -94,6 +96,7 @@ impl Object {
             Object::ReferenceGrant(_) => "ReferenceGrant",
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Pod(_) => "Pod",
             Object::Secret(_) => "Secret",
             Object::WasmFilter(_) => "WasmFilter",
         }
@@ -122,6 +125,7 @@ pub fn known_kind(api_version: &str, kind: &str) -> Option<&'static str> {
         ("", "Namespace") => "Namespace",
         ("", "Service") => "Service",
         ("", "Secret") => "Secret",
+        ("", "Pod") => "Pod",
         ("discovery.k8s.io", "EndpointSlice") => "EndpointSlice",
         (GATEWAY_GROUP, "GatewayClass") => "GatewayClass",
         (GATEWAY_GROUP, "Gateway") => "Gateway",
@@ -146,6 +150,37 @@ pub struct WasmFilterObject {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Namespace {
     pub metadata: ObjectMeta,
+}
+
+/// A Pod: only what identifies a workload (filters ask `tidegate.workload` who an address is).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodIp {
+    pub ip: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
