@@ -68,7 +68,8 @@
 //!
 //! Every v0.2.1 import and all of WASI preview 1 link; what is implemented and what answers a
 //! "not available" status is listed in the `abi` module (HTTP/gRPC callouts, queues and foreign
-//! functions reach the proxy through [`InstanceEnv`]; gRPC callouts and L4 contexts are not built).
+//! functions reach the proxy through [`InstanceEnv`]; L4 stream contexts are driven through
+//! [`FilterInstance::on_new_connection`] and its siblings; gRPC callouts are not built).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ mod services;
 pub use self::abi::metrics::{HISTOGRAM_BUCKETS, MetricKind, MetricSample, MetricValue, metrics_snapshot};
 pub use self::error::WasmError;
 pub use self::exchange::{BodyBuffer, HeaderList, HttpExchange, LocalReply, PropertyMap};
-pub use self::instance::{FilterAction, FilterInstance, StreamActions};
+pub use self::instance::{FilterAction, FilterInstance, PeerType, StreamActions};
 pub use self::queue::{QueueReady, QueueWaker};
 pub use self::services::{CalloutRequest, CalloutResponse, HostServices, InstanceEnv};
 

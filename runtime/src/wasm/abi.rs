@@ -94,6 +94,7 @@ pub(crate) mod buffer_type {
     pub(crate) const HTTP_REQUEST_BODY: i32 = 0;
     pub(crate) const HTTP_RESPONSE_BODY: i32 = 1;
     pub(crate) const DOWNSTREAM_DATA: i32 = 2;
+    pub(crate) const UPSTREAM_DATA: i32 = 3;
     pub(crate) const HTTP_CALL_RESPONSE_BODY: i32 = 4;
     pub(crate) const VM_CONFIGURATION: i32 = 6;
     pub(crate) const PLUGIN_CONFIGURATION: i32 = 7;

@@ -49,6 +49,10 @@ pub(crate) enum Phase {
     /// `proxy_on_http_call_response`: the callout's answer is readable, and the request of the
     /// context that made the call, if it is still waiting.
     CalloutResponse,
+    /// `proxy_on_downstream_data` (L4): `DOWNSTREAM_DATA` is the exchange's request body.
+    DownstreamData,
+    /// `proxy_on_upstream_data` (L4): `UPSTREAM_DATA` is the exchange's response body.
+    UpstreamData,
 }
 
 /// The memory cap of one store (`ResourceLimiter`). Growing past it traps, and the requested

@@ -46,6 +46,24 @@ pub struct StreamActions {
     pub reset_request: bool,
     /// The filter reset the response.
     pub reset_response: bool,
+    /// L4: the filter resumed the data from the client (`proxy_continue_stream(DOWNSTREAM)`).
+    pub resume_downstream: bool,
+    /// L4: the filter resumed the data from the upstream.
+    pub resume_upstream: bool,
+    /// L4: the filter closed the client's connection (`proxy_close_stream(DOWNSTREAM)`).
+    pub close_downstream: bool,
+    /// L4: the filter closed the upstream connection.
+    pub close_upstream: bool,
+}
+
+/// Which side closed an L4 connection (`proxy_peer_type_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerType {
+    Unknown = 0,
+    /// This end closed it.
+    Local = 1,
+    /// The other end closed it.
+    Remote = 2,
 }
 
 /// The callbacks a module exports, resolved once per instance (their signatures were checked
@@ -66,6 +84,11 @@ struct Callbacks {
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    on_new_connection: Option<TypedFunc<i32, i32>>,
+    on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_downstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+    on_upstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 impl Callbacks {
@@ -86,6 +109,15 @@ impl Callbacks {
             on_tick: instance.get_typed_func(&mut *store, "proxy_on_tick").ok(),
             on_http_call_response: instance.get_typed_func(&mut *store, "proxy_on_http_call_response").ok(),
             on_queue_ready: instance.get_typed_func(&mut *store, "proxy_on_queue_ready").ok(),
+            on_new_connection: instance.get_typed_func(&mut *store, "proxy_on_new_connection").ok(),
+            on_downstream_data: instance.get_typed_func(&mut *store, "proxy_on_downstream_data").ok(),
+            on_upstream_data: instance.get_typed_func(&mut *store, "proxy_on_upstream_data").ok(),
+            on_downstream_connection_close: instance
+                .get_typed_func(&mut *store, "proxy_on_downstream_connection_close")
+                .ok(),
+            on_upstream_connection_close: instance
+                .get_typed_func(&mut *store, "proxy_on_upstream_connection_close")
+                .ok(),
         }
     }
 }
@@ -361,6 +393,112 @@ impl FilterInstance {
         let timeout = self.call_timeout;
         self.invoke(Phase::Lifecycle, root, None, timeout, |store, _| {
             callback.call(store, (root as i32, queue as i32))
+        })?;
+        self.complete_deferred();
+        Ok(())
+    }
+
+    /// Opens a stream (L4) context for a new connection. Contexts are created the same way
+    /// whatever they are for (`proxy_on_context_create(id, root)`; the SDKs ask the root context
+    /// which kind to make); end it with [`finish_http_context`](Self::finish_http_context).
+    pub fn create_stream_context(&mut self) -> Result<u32, WasmError> {
+        self.create_http_context()
+    }
+
+    /// `proxy_on_new_connection(ctx)`: a client connected. `Pause` holds the connection's data
+    /// until the filter resumes it.
+    pub fn on_new_connection(&mut self, ctx: u32, ex: &mut HttpExchange) -> Result<FilterAction, WasmError> {
+        self.check_open(ctx)?;
+        let timeout = self.call_timeout;
+        let action = self.invoke(Phase::Lifecycle, ctx, Some(ex), timeout, |store, cb| {
+            match &cb.on_new_connection {
+                Some(f) => f.call(store, ctx as i32),
+                None => Ok(0),
+            }
+        })?;
+        self.complete_deferred();
+        Ok(fold(action, &mut self.store.data_mut().actions.resume_downstream))
+    }
+
+    /// `proxy_on_downstream_data(ctx, size, end_of_stream)` over `ex.request_body`
+    /// (`DOWNSTREAM_DATA`: the bytes, or all buffered since the filter paused), which the filter
+    /// may read and change. `Pause` buffers what follows, as for HTTP bodies.
+    pub fn on_downstream_data(
+        &mut self,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, WasmError> {
+        let size = clamp_size(ex.request_body.len());
+        self.l4_data(Phase::DownstreamData, ctx, ex, end_of_stream, size)
+    }
+
+    /// `proxy_on_upstream_data(ctx, size, end_of_stream)` over `ex.response_body`
+    /// (`UPSTREAM_DATA`).
+    pub fn on_upstream_data(
+        &mut self,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+    ) -> Result<FilterAction, WasmError> {
+        let size = clamp_size(ex.response_body.len());
+        self.l4_data(Phase::UpstreamData, ctx, ex, end_of_stream, size)
+    }
+
+    /// `proxy_on_downstream_connection_close(ctx, peer)`: the client's side closed.
+    pub fn on_downstream_close(&mut self, ctx: u32, peer: PeerType) -> Result<(), WasmError> {
+        self.l4_close(ctx, peer, true)
+    }
+
+    /// `proxy_on_upstream_connection_close(ctx, peer)`: the upstream's side closed.
+    pub fn on_upstream_close(&mut self, ctx: u32, peer: PeerType) -> Result<(), WasmError> {
+        self.l4_close(ctx, peer, false)
+    }
+
+    fn l4_data(
+        &mut self,
+        phase: Phase,
+        ctx: u32,
+        ex: &mut HttpExchange,
+        end_of_stream: bool,
+        size: i32,
+    ) -> Result<FilterAction, WasmError> {
+        self.check_open(ctx)?;
+        let downstream = phase == Phase::DownstreamData;
+        self.store.data_mut().end_of_stream = end_of_stream;
+        let timeout = self.call_timeout;
+        let action = self.invoke(phase, ctx, Some(ex), timeout, |store, cb| {
+            let callback = if downstream { &cb.on_downstream_data } else { &cb.on_upstream_data };
+            match callback {
+                Some(f) => f.call(store, (ctx as i32, size, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        });
+        self.store.data_mut().end_of_stream = false;
+        let action = action?;
+        self.complete_deferred();
+        let actions = &mut self.store.data_mut().actions;
+        let flag = if downstream {
+            &mut actions.resume_downstream
+        } else {
+            &mut actions.resume_upstream
+        };
+        Ok(fold(action, flag))
+    }
+
+    fn l4_close(&mut self, ctx: u32, peer: PeerType, downstream: bool) -> Result<(), WasmError> {
+        self.check_open(ctx)?;
+        let timeout = self.call_timeout;
+        self.invoke(Phase::Lifecycle, ctx, None, timeout, |store, cb| {
+            let callback = if downstream {
+                &cb.on_downstream_connection_close
+            } else {
+                &cb.on_upstream_connection_close
+            };
+            match callback {
+                Some(f) => f.call(store, (ctx as i32, peer as i32)),
+                None => Ok(()),
+            }
         })?;
         self.complete_deferred();
         Ok(())

@@ -21,7 +21,6 @@ const INVALID_MEMORY_ACCESS: u32 = 6;
 const EMPTY: u32 = 7;
 const CAS_MISMATCH: u32 = 8;
 const INTERNAL_FAILURE: u32 = 10;
-const UNIMPLEMENTED: u32 = 12;
 const WASI_BADF: u32 = 8;
 const WASI_FAULT: u32 = 21;
 const WASI_INVAL: u32 = 28;
@@ -944,14 +943,16 @@ fn stream_actions_are_deferred() {
         "a resumed pause continues"
     );
     assert_eq!((slot(&instance, 0), slot(&instance, 1)), (OK, OK));
-    assert_eq!(slot(&instance, 2), UNIMPLEMENTED, "no L4 streams yet");
+    assert_eq!(slot(&instance, 2), OK, "L4: resume the client's data");
     assert_eq!(slot(&instance, 3), BAD_ARGUMENT);
-    assert_eq!(slot(&instance, 4), BAD_ARGUMENT);
+    assert_eq!(slot(&instance, 4), OK, "L4: close the upstream side");
     let actions = instance.take_stream_actions();
     assert_eq!(
         actions,
         StreamActions {
             reset_response: true,
+            resume_downstream: true,
+            close_upstream: true,
             ..Default::default()
         }
     );
@@ -2020,4 +2021,58 @@ fn per_request_overhead() {
         "{:?} per request (context create, request headers with 2 hostcalls, done/log/delete)",
         began.elapsed() / n
     );
+}
+
+#[test]
+fn stream_contexts_see_and_rewrite_l4_data_both_ways() {
+    let mut w = Wat::new();
+    let prefix = w.s(b"[tidegate]");
+    let body = format!(
+        r#"
+  (func (export "proxy_on_new_connection") (param $ctx i32) (result i32)
+    (call $rec (i32.const 0) (local.get $ctx))
+    (i32.const 0))
+  (func (export "proxy_on_downstream_data") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.const 1) (local.get $size))
+    (call $rec (i32.const 2) (local.get $eos))
+    ;; prepend a marker to the client's bytes
+    (call $rec (i32.const 3) (call $set_buffer (i32.const 2) (i32.const 0) (i32.const 0) {prefix}))
+    ;; the HTTP body is not the L4 data
+    (call $rec (i32.const 4) (call $get_buffer (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0x80) (i32.const 0x84)))
+    (i32.const 0))
+  (func (export "proxy_on_upstream_data") (param $ctx i32) (param $size i32) (param $eos i32) (result i32)
+    (call $rec (i32.const 5) (call $get_buffer (i32.const 3) (i32.const 0) (local.get $size) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 6))
+    ;; hold the upstream's bytes until more arrive
+    (i32.const 1))
+  (func (export "proxy_on_downstream_connection_close") (param $ctx i32) (param $peer i32)
+    (call $rec (i32.const 8) (local.get $peer)))
+  (func (export "proxy_on_upstream_connection_close") (param $ctx i32) (param $peer i32)
+    (call $rec (i32.const 9) (local.get $peer)))
+"#
+    );
+    let mut instance = start("l4", &w.module(&body), b"");
+    let mut ex = HttpExchange::default();
+    let ctx = instance.create_stream_context().unwrap();
+    assert_eq!(instance.on_new_connection(ctx, &mut ex).unwrap(), FilterAction::Continue);
+    assert_eq!(slot(&instance, 0), ctx);
+
+    ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"HELLO\n"));
+    assert_eq!(instance.on_downstream_data(ctx, &mut ex, false).unwrap(), FilterAction::Continue);
+    assert_eq!((slot(&instance, 1), slot(&instance, 2)), (6, 0));
+    assert_eq!(slot(&instance, 3), OK);
+    assert_eq!(slot(&instance, 4), NOT_FOUND, "HTTP_REQUEST_BODY is not served to an L4 callback");
+    assert_eq!(ex.request_body.as_slice(), b"[tidegate]HELLO\n");
+
+    ex.response_body = BodyBuffer::new(bytes::Bytes::from_static(b"WORLD"));
+    assert_eq!(instance.on_upstream_data(ctx, &mut ex, true).unwrap(), FilterAction::Pause);
+    assert_eq!(slot(&instance, 5), OK);
+    assert_eq!(kept(&instance, 6), b"WORLD");
+
+    instance.on_downstream_close(ctx, PeerType::Remote).unwrap();
+    instance.on_upstream_close(ctx, PeerType::Local).unwrap();
+    assert_eq!((slot(&instance, 8), slot(&instance, 9)), (2, 1));
+    instance.finish_http_context(ctx, &mut ex);
+    assert_eq!(instance.open_contexts(), 0);
+    assert!(!instance.is_broken());
 }

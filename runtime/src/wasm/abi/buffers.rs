@@ -14,8 +14,11 @@
 //!
 //! - `HTTP_CALL_RESPONSE_BODY` during `proxy_on_http_call_response`: the callout's answer,
 //!   read-only.
+//! - `DOWNSTREAM_DATA` during `proxy_on_downstream_data` and `UPSTREAM_DATA` during
+//!   `proxy_on_upstream_data` (L4 stream contexts): the bytes of the call, or everything
+//!   buffered since the filter paused; readable and writable.
 //!
-//! L4 data, gRPC messages and foreign-function arguments are not served: `NOT_FOUND`. Ids past `FOREIGN_FUNCTION_ARGUMENTS` are `BAD_ARGUMENT`.
+//! gRPC messages and foreign-function arguments are not served: `NOT_FOUND`. Ids past `FOREIGN_FUNCTION_ARGUMENTS` are `BAD_ARGUMENT`.
 //!
 //! Reads copy the window `[start, start + max_size)` clamped to the buffer (a window past the
 //! end is empty, returned as `(0, 0)`), as the C++ host does. Writes follow
@@ -30,7 +33,7 @@ use wasmtime::{Caller, Linker};
 
 use super::buffer_type::{
     DOWNSTREAM_DATA, FOREIGN_FUNCTION_ARGUMENTS, HTTP_CALL_RESPONSE_BODY, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY,
-    PLUGIN_CONFIGURATION, VM_CONFIGURATION,
+    PLUGIN_CONFIGURATION, UPSTREAM_DATA, VM_CONFIGURATION,
 };
 use super::{ENV, Status, status};
 use crate::wasm::exchange::BodyBuffer;
@@ -52,6 +55,10 @@ enum Buffer {
     RequestBody,
     ResponseBody,
     CalloutBody,
+    /// L4: bytes from the client (kept in the exchange's request body).
+    Downstream,
+    /// L4: bytes from the upstream (kept in the exchange's response body).
+    Upstream,
 }
 
 /// Which buffer `buffer` names, or the status for any other id.
@@ -62,7 +69,9 @@ fn buffer_of(buffer: i32) -> Result<Buffer, Status> {
         HTTP_REQUEST_BODY => Ok(Buffer::RequestBody),
         HTTP_RESPONSE_BODY => Ok(Buffer::ResponseBody),
         HTTP_CALL_RESPONSE_BODY => Ok(Buffer::CalloutBody),
-        // L4 data, gRPC messages, foreign-function arguments: not served.
+        DOWNSTREAM_DATA => Ok(Buffer::Downstream),
+        UPSTREAM_DATA => Ok(Buffer::Upstream),
+        // gRPC messages, foreign-function arguments: not served.
         DOWNSTREAM_DATA..=FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
@@ -75,6 +84,8 @@ fn body_of(state: &mut HostState, which: Buffer) -> Result<&mut BodyBuffer, Stat
     match (which, phase) {
         (Buffer::RequestBody, Phase::RequestBody | Phase::RequestTrailers) => Ok(&mut ex.request_body),
         (Buffer::ResponseBody, Phase::ResponseBody | Phase::ResponseTrailers) => Ok(&mut ex.response_body),
+        (Buffer::Downstream, Phase::DownstreamData) => Ok(&mut ex.request_body),
+        (Buffer::Upstream, Phase::UpstreamData) => Ok(&mut ex.response_body),
         _ => Err(Status::NotFound),
     }
 }
@@ -103,7 +114,9 @@ fn take(state: &mut HostState, which: Buffer) -> Result<Taken, Status> {
             Some(response) => Taken::Config(std::mem::take(&mut response.body)),
             None => return Err(Status::NotFound),
         },
-        Buffer::RequestBody | Buffer::ResponseBody => Taken::Body(std::mem::take(body_of(state, which)?)),
+        Buffer::RequestBody | Buffer::ResponseBody | Buffer::Downstream | Buffer::Upstream => {
+            Taken::Body(std::mem::take(body_of(state, which)?))
+        }
     })
 }
 
@@ -118,8 +131,8 @@ fn restore(state: &mut HostState, which: Buffer, taken: Taken) {
                 response.body = bytes;
             }
         }
-        (Buffer::RequestBody, Taken::Body(body)) => state.exchange.request_body = body,
-        (Buffer::ResponseBody, Taken::Body(body)) => state.exchange.response_body = body,
+        (Buffer::RequestBody | Buffer::Downstream, Taken::Body(body)) => state.exchange.request_body = body,
+        (Buffer::ResponseBody | Buffer::Upstream, Taken::Body(body)) => state.exchange.response_body = body,
         _ => {}
     }
 }
@@ -195,7 +208,9 @@ fn proxy_get_buffer_status(mut caller: Caller<'_, HostState>, buffer: i32, ret_s
             Buffer::Vm => state.vm_config.len(),
             Buffer::Plugin => state.plugin_config.len(),
             Buffer::CalloutBody => state.callout_response.as_ref().ok_or(Status::NotFound)?.body.len(),
-            Buffer::RequestBody | Buffer::ResponseBody => body_of(state, which)?.len(),
+            Buffer::RequestBody | Buffer::ResponseBody | Buffer::Downstream | Buffer::Upstream => {
+                body_of(state, which)?.len()
+            }
         };
         range(mem.len(), ret_flags, 4)?;
         write_u32(mem, ret_size, size as u32)?;

@@ -4,10 +4,10 @@
 //! Stream actions are deferred, as in the C++ host: they are recorded during the callback and
 //! the proxy applies them afterwards (see
 //! [`FilterInstance::take_stream_actions`](crate::wasm::FilterInstance::take_stream_actions)), so
-//! no hostcall re-enters the proxy. An action on the request of the running callback folds into
+//! no hostcall re-enters the proxy (L4 streams too: `DOWNSTREAM`/`UPSTREAM` resume or close the
+//! connection's sides). An action on the request of the running callback folds into
 //! its result; one on another context (a root context resuming the requests that waited for
-//! its callout) is kept apart for the proxy to route to that request. L4 streams do not exist yet: continuing one is
-//! `UNIMPLEMENTED` (the spec allows it), closing one `BAD_ARGUMENT`.
+//! its callout) is kept apart for the proxy to route to that request.
 //!
 //! `proxy_set_effective_context` accepts only this VM's own contexts (the root context and open
 //! HTTP contexts); switching to a context whose request is not the one of the running callback
@@ -32,7 +32,8 @@ fn proxy_continue_stream(mut caller: Caller<'_, HostState>, stream: i32) -> i32 
     match stream {
         HTTP_REQUEST => actions.resume_request = true,
         HTTP_RESPONSE => actions.resume_response = true,
-        DOWNSTREAM | UPSTREAM => return Status::Unimplemented as i32,
+        DOWNSTREAM => actions.resume_downstream = true,
+        UPSTREAM => actions.resume_upstream = true,
         _ => return Status::BadArgument as i32,
     }
     Status::Ok as i32
@@ -43,6 +44,8 @@ fn proxy_close_stream(mut caller: Caller<'_, HostState>, stream: i32) -> i32 {
     match stream {
         HTTP_REQUEST => actions.reset_request = true,
         HTTP_RESPONSE => actions.reset_response = true,
+        DOWNSTREAM => actions.close_downstream = true,
+        UPSTREAM => actions.close_upstream = true,
         _ => return Status::BadArgument as i32,
     }
     Status::Ok as i32
