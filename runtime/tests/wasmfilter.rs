@@ -8,9 +8,7 @@ use std::time::Duration;
 #[path = "common/env.rs"]
 mod env;
 
-use env::{
-    Env, copy_module, curl, curl_statuses, gateway, header_at_backend, http_get, json, route, service, wasm_filter,
-};
+use env::{Env, copy_module, curl, curl_statuses, gateway, header_at_backend, http_get, route, service, wasm_filter};
 
 fn conditions(env: &Env, name: &str) -> Vec<(String, String, String)> {
     let status = env.status();

@@ -521,7 +521,12 @@ impl Chain {
                 for callout in instance.take_callouts() {
                     instance.cancel_callout(callout.token);
                 }
+                // The request is answered; a failure in on_done/on_log is still the filter's.
+                let failed = instance.is_broken();
                 drop(instance);
+                if failed {
+                    self.metrics.filter_failure(slot.module.name());
+                }
                 self.replace_if_broken(slot);
             }
         }

@@ -175,9 +175,15 @@ mod tests {
     #[test]
     fn host_services_answer_endpoints_and_workloads() {
         let services = services();
-        assert_eq!(services.upstream("authz.auth.svc.cluster.local:8080").as_deref(), Some("auth/authz:8080"));
+        assert_eq!(
+            services.upstream("authz.auth.svc.cluster.local:8080").as_deref(),
+            Some("auth/authz:8080")
+        );
         assert_eq!(services.upstream("auth/other:8080"), None);
-        let endpoints = services.foreign_function(ENDPOINTS_FUNCTION, b"auth/authz:8080").unwrap().unwrap();
+        let endpoints = services
+            .foreign_function(ENDPOINTS_FUNCTION, b"auth/authz:8080")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             map(&endpoints),
             [
@@ -185,8 +191,14 @@ mod tests {
                 ("10.0.0.6:9000".to_string(), "protocol=h2c".to_string())
             ]
         );
-        assert_eq!(services.foreign_function(ENDPOINTS_FUNCTION, b"auth/nope:1"), Some(Err(())));
-        let workload = services.foreign_function(WORKLOAD_FUNCTION, b"10.0.0.7:41234").unwrap().unwrap();
+        assert_eq!(
+            services.foreign_function(ENDPOINTS_FUNCTION, b"auth/nope:1"),
+            Some(Err(()))
+        );
+        let workload = services
+            .foreign_function(WORKLOAD_FUNCTION, b"10.0.0.7:41234")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             map(&workload),
             [
@@ -196,8 +208,14 @@ mod tests {
                 ("label/app".to_string(), "cart".to_string())
             ]
         );
-        assert_eq!(services.foreign_function(WORKLOAD_FUNCTION, b"10.9.9.9"), Some(Ok(Vec::new())));
-        assert_eq!(services.foreign_function(WORKLOAD_FUNCTION, b"not-an-ip"), Some(Err(())));
+        assert_eq!(
+            services.foreign_function(WORKLOAD_FUNCTION, b"10.9.9.9"),
+            Some(Ok(Vec::new()))
+        );
+        assert_eq!(
+            services.foreign_function(WORKLOAD_FUNCTION, b"not-an-ip"),
+            Some(Err(()))
+        );
         assert_eq!(services.foreign_function("tidegate.nothing", b""), None);
     }
 

@@ -242,15 +242,16 @@ impl Worker {
                 });
                 *self.current.borrow_mut() = Some(generation.clone());
                 tokio::task::spawn_local(self.clone().drive_background(Rc::downgrade(&generation)));
+                self.reconcile_listeners(&published);
+                self.serving.store(version, Ordering::Release);
             }
             Err(e) => {
-                // The last good generation keeps serving.
+                // The last good generation keeps serving, on its own ports, and is what this
+                // worker reports serving (before any good version: nothing, so not ready).
                 tracing::error!(worker = self.id, version, error = %e, "a filter rejected configuration version {version}; the previous version keeps serving");
                 self.metrics.config_rejected();
             }
         }
-        self.reconcile_listeners(&published);
-        self.serving.store(version, Ordering::Release);
     }
 
     /// The chain in order: user filters of PrePolicy and PreRouting (there is no standard policy

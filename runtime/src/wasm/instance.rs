@@ -66,6 +66,9 @@ pub enum PeerType {
     Remote = 2,
 }
 
+/// `proxy_on_http_call_response(ctx, token, headers, body_size, trailers)`.
+type CallResponseArgs = (i32, i32, i32, i32, i32);
+
 /// The callbacks a module exports, resolved once per instance (their signatures were checked
 /// when the module was loaded, so a missing entry means "not exported": skipped).
 struct Callbacks {
@@ -82,7 +85,7 @@ struct Callbacks {
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<TypedFunc<CallResponseArgs, ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     on_new_connection: Option<TypedFunc<i32, i32>>,
     on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
@@ -360,7 +363,8 @@ impl FilterInstance {
             return Ok(false);
         }
         let root = state.root_id;
-        if ctx != root && !(state.live.contains(&ctx) && !state.pending_done.contains(&ctx)) {
+        let open = state.live.contains(&ctx) && !state.pending_done.contains(&ctx);
+        if ctx != root && !open {
             return Ok(false);
         }
         let Some(callback) = self.callbacks.on_http_call_response.clone() else {
@@ -468,7 +472,11 @@ impl FilterInstance {
         self.store.data_mut().end_of_stream = end_of_stream;
         let timeout = self.call_timeout;
         let action = self.invoke(phase, ctx, Some(ex), timeout, |store, cb| {
-            let callback = if downstream { &cb.on_downstream_data } else { &cb.on_upstream_data };
+            let callback = if downstream {
+                &cb.on_downstream_data
+            } else {
+                &cb.on_upstream_data
+            };
             match callback {
                 Some(f) => f.call(store, (ctx as i32, size, end_of_stream as i32)),
                 None => Ok(0),

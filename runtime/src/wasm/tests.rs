@@ -2054,18 +2054,31 @@ fn stream_contexts_see_and_rewrite_l4_data_both_ways() {
     let mut instance = start("l4", &w.module(&body), b"");
     let mut ex = HttpExchange::default();
     let ctx = instance.create_stream_context().unwrap();
-    assert_eq!(instance.on_new_connection(ctx, &mut ex).unwrap(), FilterAction::Continue);
+    assert_eq!(
+        instance.on_new_connection(ctx, &mut ex).unwrap(),
+        FilterAction::Continue
+    );
     assert_eq!(slot(&instance, 0), ctx);
 
     ex.request_body = BodyBuffer::new(bytes::Bytes::from_static(b"HELLO\n"));
-    assert_eq!(instance.on_downstream_data(ctx, &mut ex, false).unwrap(), FilterAction::Continue);
+    assert_eq!(
+        instance.on_downstream_data(ctx, &mut ex, false).unwrap(),
+        FilterAction::Continue
+    );
     assert_eq!((slot(&instance, 1), slot(&instance, 2)), (6, 0));
     assert_eq!(slot(&instance, 3), OK);
-    assert_eq!(slot(&instance, 4), NOT_FOUND, "HTTP_REQUEST_BODY is not served to an L4 callback");
+    assert_eq!(
+        slot(&instance, 4),
+        NOT_FOUND,
+        "HTTP_REQUEST_BODY is not served to an L4 callback"
+    );
     assert_eq!(ex.request_body.as_slice(), b"[tidegate]HELLO\n");
 
     ex.response_body = BodyBuffer::new(bytes::Bytes::from_static(b"WORLD"));
-    assert_eq!(instance.on_upstream_data(ctx, &mut ex, true).unwrap(), FilterAction::Pause);
+    assert_eq!(
+        instance.on_upstream_data(ctx, &mut ex, true).unwrap(),
+        FilterAction::Pause
+    );
     assert_eq!(slot(&instance, 5), OK);
     assert_eq!(kept(&instance, 6), b"WORLD");
 

@@ -5,6 +5,7 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use crate::connection::Connection;
 use bytes::Bytes;
 use tidegate::wasm::{
     BodyBuffer, FilterAction, FilterInstance, FilterModule, HeaderList, HttpExchange, SandboxLimits, WasmRuntime,
@@ -282,8 +283,29 @@ impl TestHost {
         &self.instance
     }
 
+    pub(crate) fn instance_mut(&mut self) -> &mut FilterInstance {
+        &mut self.instance
+    }
+
+    /// Opens an L4 connection through the filter's stream context (`proxy_on_new_connection`);
+    /// feed it bytes from either side and close it.
+    ///
+    /// ```no_run
+    /// use tidegate_testing::Filter;
+    /// # let wasm = Filter::build(env!("CARGO_MANIFEST_DIR")).unwrap();
+    /// let mut host = Filter::load(wasm).config("");
+    /// let mut connection = host.connection().unwrap();
+    /// let sent = connection.downstream(b"PING\r\n", false).unwrap();
+    /// assert_eq!(sent.passed, b"PING\r\n");
+    /// connection.close().unwrap();
+    /// ```
+    pub fn connection(&mut self) -> Result<Connection<'_>, Error> {
+        self.finish_open();
+        Connection::open(self)
+    }
+
     /// Runs `call` on the instance; after a failure, replaces the broken VM as the proxy would.
-    fn guard<T>(
+    pub(crate) fn guard<T>(
         &mut self,
         call: impl FnOnce(&mut FilterInstance) -> Result<T, tidegate::wasm::WasmError>,
     ) -> Result<T, Error> {

@@ -56,11 +56,13 @@
 #![forbid(unsafe_code)]
 
 mod cargo;
+mod connection;
 mod error;
 mod host;
 mod message;
 
 pub use self::cargo::{TARGET_DIR_ENV, WASM_TARGET};
+pub use self::connection::{Connection, DataOutcome};
 pub use self::error::Error;
 pub use self::host::{Filter, TestHost};
 pub use self::message::{

@@ -35,6 +35,9 @@ use super::buffer_type::{
     DOWNSTREAM_DATA, FOREIGN_FUNCTION_ARGUMENTS, HTTP_CALL_RESPONSE_BODY, HTTP_REQUEST_BODY, HTTP_RESPONSE_BODY,
     PLUGIN_CONFIGURATION, UPSTREAM_DATA, VM_CONFIGURATION,
 };
+
+/// `GRPC_RECEIVE_BUFFER`: messages of gRPC callouts, which tidegate does not make.
+const GRPC_RECEIVE_BUFFER: i32 = 5;
 use super::{ENV, Status, status};
 use crate::wasm::exchange::BodyBuffer;
 use crate::wasm::host::{HostState, Phase};
@@ -72,7 +75,7 @@ fn buffer_of(buffer: i32) -> Result<Buffer, Status> {
         DOWNSTREAM_DATA => Ok(Buffer::Downstream),
         UPSTREAM_DATA => Ok(Buffer::Upstream),
         // gRPC messages, foreign-function arguments: not served.
-        DOWNSTREAM_DATA..=FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
+        GRPC_RECEIVE_BUFFER | FOREIGN_FUNCTION_ARGUMENTS => Err(Status::NotFound),
         _ => Err(Status::BadArgument),
     }
 }
