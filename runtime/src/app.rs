@@ -12,7 +12,10 @@ use crate::admin::{self, AdminState};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
 use crate::metrics::Metrics;
+use crate::admission::{Admission, FilterAdmission};
 use crate::modules::{ModuleRegistry, ResolvedFilter};
+use crate::proxy::services::SnapshotServices;
+use crate::wasm::InstanceEnv;
 use crate::proxy::{DataPlane, DataPlaneOptions, Published, Publisher};
 use crate::translate::{self, TranslateOptions};
 use crate::wasm::{SandboxLimits, WasmRuntime};
@@ -75,6 +78,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         now,
     };
     let mut modules = ModuleRegistry::new(wasm.clone());
+    let mut admission = FilterAdmission::default();
     let mut current: Option<ObjectStore> = None;
     let mut version = 0u64;
     let mut previous_errors: Vec<ConfigError> = Vec::new();
@@ -97,8 +101,15 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             };
             version += 1;
             let mut translation = translate::translate(store, &translate_options(rfc3339(SystemTime::now())));
-            let user_filters = modules.resolve(&translation.snapshot.filters);
+            let mut user_filters = modules.resolve(&translation.snapshot.filters);
             add_module_conditions(&mut translation.statuses, &user_filters);
+            let services = SnapshotServices::new(Arc::new(translation.snapshot.clone()));
+            let env = InstanceEnv {
+                services: Some(Arc::new(services)),
+                queue_waker: None,
+            };
+            let admitted = admission.admit(&mut user_filters, &env, &metrics);
+            add_admission_conditions(&mut translation.statuses, &admitted);
             let mut snapshot = translation.snapshot;
             snapshot.version = version;
             tracing::info!(
@@ -155,6 +166,36 @@ fn add_module_conditions(statuses: &mut [translate::ObjectStatus], filters: &[Re
             condition["reason"] = ok_reason.into();
             condition["message"] = message.clone().into();
             conditions.push(condition);
+        }
+    }
+}
+
+/// WasmFilter status: a filter that cannot start with its spec is not Programmed, and the
+/// message says what runs instead.
+fn add_admission_conditions(statuses: &mut [translate::ObjectStatus], admitted: &[(String, Admission)]) {
+    for (name, admission) in admitted {
+        let Admission::Refused { error, kept_previous } = admission else {
+            continue;
+        };
+        let Some(status) = statuses
+            .iter_mut()
+            .find(|s| s.kind == "WasmFilter" && format!("{}/{}", s.namespace, s.name) == *name)
+        else {
+            continue;
+        };
+        let message = if *kept_previous {
+            format!("{error}; the last configuration that started keeps running: fix spec.config or spec.limits")
+        } else {
+            format!(
+                "{error}; nothing runs in its place, so its failurePolicy applies (FailClosed: requests in its scope get 500): fix spec.config or spec.limits"
+            )
+        };
+        for condition in status.status["conditions"].as_array_mut().into_iter().flatten() {
+            if condition["type"] == "Programmed" {
+                condition["status"] = "False".into();
+                condition["reason"] = "StartFailed".into();
+                condition["message"] = message.clone().into();
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`proxy`] workers, each running the standard filters ([`filters`]) in the [`wasm`] host.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod commands;

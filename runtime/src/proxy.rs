@@ -10,7 +10,7 @@ mod chain;
 mod http;
 mod listener;
 mod published;
-mod services;
+pub(crate) mod services;
 mod tls;
 mod upstream;
 mod worker;
