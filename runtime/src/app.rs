@@ -9,15 +9,15 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
+use crate::admission::{Admission, FilterAdmission};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
 use crate::metrics::Metrics;
-use crate::admission::{Admission, FilterAdmission};
 use crate::modules::{ModuleRegistry, ResolvedFilter};
 use crate::proxy::services::SnapshotServices;
-use crate::wasm::InstanceEnv;
 use crate::proxy::{DataPlane, DataPlaneOptions, Published, Publisher};
 use crate::translate::{self, TranslateOptions};
+use crate::wasm::InstanceEnv;
 use crate::wasm::{SandboxLimits, WasmRuntime};
 
 /// Options of `tidegate run`.

@@ -90,6 +90,8 @@ impl std::error::Error for StreamReset {}
 /// What a request knows about the connection it came on.
 #[derive(Debug)]
 pub struct ConnectionInfo {
+    /// Unique in the process (`connection.id`).
+    pub id: u64,
     /// The Gateway listener port (before `--port-offset`).
     pub gateway_port: u16,
     /// `namespace/name` of the Gateway, when the socket belongs to exactly one.
@@ -99,6 +101,17 @@ pub struct ConnectionInfo {
     pub scheme: &'static str,
     pub remote: SocketAddr,
     pub local: SocketAddr,
+    /// The TLS session, on HTTPS ports.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the TLS handshake settled.
+#[derive(Debug)]
+pub struct TlsInfo {
+    /// The SNI the client asked for.
+    pub server_name: Option<String>,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded as they came. (`te: trailers` is
@@ -187,6 +200,13 @@ async fn proxy(
         Ok(built) => built,
         Err((status, message)) => return Ok(plain(status, &message)),
     };
+    // Response filters see where the request went.
+    shared
+        .stream
+        .borrow_mut()
+        .ex
+        .properties
+        .set("upstream.address", endpoint.to_string());
     drop(parts);
     let sent = upstreams.send(endpoint, protocol, upstream_request).await;
     // A filter may have stopped the request while its body streamed upstream.
@@ -536,9 +556,26 @@ fn exchange_for(parts: &hyper::http::request::Parts, info: &ConnectionInfo) -> H
     if let Some(gateway) = &info.gateway {
         ex.properties.set("tidegate.gateway", gateway.clone());
     }
+    // Envoy's attribute names and encodings: strings as bytes, integers as 8-byte little-endian
+    // int64, booleans as one byte, timestamps as int64 nanoseconds since the epoch.
+    let int = |n: i64| n.to_le_bytes().to_vec();
     ex.properties.set("source.address", info.remote.to_string());
+    ex.properties.set("source.port", int(info.remote.port().into()));
     ex.properties.set("destination.address", info.local.to_string());
+    ex.properties.set("destination.port", int(info.local.port().into()));
     ex.properties.set("request.protocol", version_name(parts.version));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    ex.properties.set("request.time", int(now));
+    ex.properties.set("connection.id", int(info.id as i64));
+    ex.properties.set("connection.mtls", vec![0u8]);
+    if let Some(tls) = &info.tls {
+        if let Some(name) = &tls.server_name {
+            ex.properties.set("connection.requested_server_name", name.clone());
+        }
+        ex.properties.set("connection.tls_version", tls.version);
+    }
     ex
 }
 

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -11,11 +12,14 @@ use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::http::{self, ConnectionInfo};
+use super::http::{self, ConnectionInfo, TlsInfo};
 use super::worker::{LocalExec, Worker};
 use crate::snapshot::PortProtocol;
 
 /// How long a client may take to finish the TLS handshake.
+/// Connection ids (`connection.id`), unique in the process.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,16 +72,18 @@ async fn serve_connection(
     let local = stream.local_addr().unwrap_or(remote);
     // When exactly one Gateway owns this socket the router needs no guessing.
     let gateway = (plan.gateways.len() == 1).then(|| plan.gateways[0].clone());
-    let info = Rc::new(ConnectionInfo {
+    let info = ConnectionInfo {
+        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         gateway_port,
         gateway,
         gateways: plan.gateways.join(","),
         scheme: plan.protocol.scheme(),
         remote,
         local,
-    });
+        tls: None,
+    };
     match plan.protocol {
-        PortProtocol::Http => serve_http(stream, info, worker).await,
+        PortProtocol::Http => serve_http(stream, Rc::new(info), worker).await,
         PortProtocol::Https => {
             let Some(config) = generation.published.tls.get(&(address, gateway_port)).cloned() else {
                 return;
@@ -85,7 +91,22 @@ async fn serve_connection(
             drop(generation);
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, info, worker).await,
+                Ok(Ok(tls)) => {
+                    let session = tls.get_ref().1;
+                    let tls_info = TlsInfo {
+                        server_name: session.server_name().map(str::to_string),
+                        version: match session.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                            _ => "",
+                        },
+                    };
+                    let info = ConnectionInfo {
+                        tls: Some(tls_info),
+                        ..info
+                    };
+                    serve_http(tls, Rc::new(info), worker).await
+                }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
             }

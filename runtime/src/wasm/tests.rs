@@ -661,8 +661,14 @@ fn response_headers_and_response_code() {
     (call $rec (i32.const 8) (call $get_header (i32.const 0) {path} (i32.const 0x80) (i32.const 0x84)))
     (call $rec (i32.const 9) (call $get_property {resp_header} (i32.const 0x80) (i32.const 0x84)))
     (call $keep (i32.const 10))
+    (call $rec (i32.const 12) (call $get_property {cluster_name} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 13))
+    (call $rec (i32.const 15) (call $get_property {request_size} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 16))
     (i32.const 0))
 "#,
+        cluster_name = w.s("cluster_name"),
+        request_size = w.s("request\0size"),
         status = w.s(":status"),
         code = w.s("response\0code"),
         server = w.s("server"),
@@ -672,6 +678,8 @@ fn response_headers_and_response_code() {
     );
     let mut instance = start("response", &w.module(&body), b"");
     let mut ex = request();
+    ex.request_headers.add("content-length", "42");
+    ex.properties.set("tidegate.cluster", "ns/web:80");
     let ctx = instance.create_http_context().unwrap();
     assert_eq!(
         instance.on_request_headers(ctx, &mut ex, true).unwrap(),
@@ -694,6 +702,15 @@ fn response_headers_and_response_code() {
     assert_eq!(slot(&instance, 7), OK);
     assert_eq!(slot(&instance, 8), OK, "request headers stay readable");
     assert_eq!(kept(&instance, 10), b"text/plain");
+    assert_eq!(
+        (slot(&instance, 12), kept(&instance, 13)),
+        (OK, b"ns/web:80".to_vec()),
+        "Envoy's cluster_name"
+    );
+    assert_eq!(
+        (slot(&instance, 15), kept(&instance, 16)),
+        (OK, 42i64.to_le_bytes().to_vec())
+    );
     assert_eq!(ex.response_headers.get("server"), Some(&b"tidegate"[..]));
     instance.finish_http_context(ctx, &mut ex);
 }

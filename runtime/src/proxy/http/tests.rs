@@ -279,12 +279,14 @@ async fn harness(
         let upstreams = upstreams.clone();
         async move {
             let info = ConnectionInfo {
+                id: 1,
                 gateway_port: 80,
                 gateway: None,
                 gateways: String::new(),
                 scheme: "http",
                 remote: "127.0.0.1:1".parse().expect("addr"),
                 local: "127.0.0.1:80".parse().expect("addr"),
+                tls: None,
             };
             proxy(request, &info, generation, &upstreams).await
         }

@@ -13,6 +13,14 @@
 //! | `request.useragent`, `request.referer`, `request.id` | `user-agent`, `referer`, `x-request-id` |
 //! | `request.headers.<name>`, `response.headers.<name>` | the first value of that header |
 //! | `response.code` | `:status` as an 8-byte little-endian integer (Envoy's encoding of ints) |
+//! | `request.size` | `content-length`, as an integer |
+//! | `cluster_name`, `route_name` | the cluster and route the router chose (`tidegate.cluster`, `tidegate.route`) |
+//!
+//! The proxy sets on every request (see `proxy::http`): `source.address`, `source.port`,
+//! `destination.address`, `destination.port`, `request.protocol`, `request.time` (int64
+//! nanoseconds), `connection.id`, `connection.mtls`, `connection.requested_server_name` and
+//! `connection.tls_version` (on HTTPS), `upstream.address` (once the request is sent on), and
+//! the `tidegate.*` properties of the route decision.
 //!
 //! Anything else is `NOT_FOUND` (never `UNIMPLEMENTED`: the Rust SDK panics on it). Request
 //! properties exist only inside an HTTP callback; in `proxy_on_configure` they are `NOT_FOUND`.
@@ -140,6 +148,20 @@ fn derived<'a>(ex: &'a HttpExchange, raw: &[u8]) -> Option<Value<'a>> {
         let path = req.get(":path")?;
         let at = path.iter().position(|&b| b == b'?')?;
         return Some(Value::Bytes(&path[at + 1..]));
+    }
+    if path_eq(raw, "request.size") {
+        let length = std::str::from_utf8(req.get("content-length")?)
+            .ok()?
+            .trim()
+            .parse::<i64>()
+            .ok()?;
+        return Some(Value::Int(length));
+    }
+    if path_eq(raw, "cluster_name") {
+        return ex.properties.get("tidegate.cluster").map(Value::Bytes);
+    }
+    if path_eq(raw, "route_name") {
+        return ex.properties.get("tidegate.route").map(Value::Bytes);
     }
     if path_eq(raw, "response.code") {
         let code = std::str::from_utf8(ex.response_headers.get(":status")?)
