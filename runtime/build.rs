@@ -21,6 +21,7 @@ const FILTERS: &[(&str, &str)] = &[
     ("header-rewrite", "header_rewrite"),
     ("hostile", "hostile"),
     ("http-auth", "http_auth"),
+    ("identity", "identity"),
     ("noop", "noop"),
     ("shared-queue", "shared_queue"),
     ("tick-counter", "tick_counter"),

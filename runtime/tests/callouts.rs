@@ -242,3 +242,57 @@ fn a_shared_queue_fed_on_every_worker_is_drained_by_its_consumer() {
     );
     assert!(!log.contains("enqueue:"), "no enqueue failed: {log}");
 }
+
+#[test]
+fn host_services_tell_a_filter_who_calls_and_where_a_cluster_runs() {
+    let (mut env, backends) = Env::new(&["web-0", "web-1"]);
+    env.write("gateway.yaml", &gateway(""));
+    env.write("web.yaml", &service("web", None, &[&backends[0], &backends[1]], false));
+    env.write("routes.yaml", &route("web", "/", "web"));
+    // The client (curl on loopback) is this pod, as a captured pod's address would be.
+    env.write(
+        "client.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client-0, namespace: shop, labels: {app: cart}}\nspec: {serviceAccountName: cart-sa}\nstatus: {podIP: 127.0.0.1}\n",
+    );
+    copy_module(&env, "identity", "identity.wasm");
+    env.write(
+        "identity.yaml",
+        &wasm_filter(
+            "identity",
+            "identity.wasm",
+            "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  phase: PostRouting\n",
+        ),
+    );
+    env.start();
+
+    let response = curl(&[&env.url(80, "/")]);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        header_at_backend(&response.body, "X-Source-Workload").as_deref(),
+        Some("shop/client-0")
+    );
+    assert_eq!(
+        header_at_backend(&response.body, "X-Source-Account").as_deref(),
+        Some("cart-sa")
+    );
+    assert_eq!(
+        header_at_backend(&response.body, "X-Source-App").as_deref(),
+        Some("cart")
+    );
+    let endpoints = header_at_backend(&response.body, "X-Cluster-Endpoints").unwrap_or_default();
+    let mut endpoints: Vec<&str> = endpoints.split(',').collect();
+    endpoints.sort();
+    let mut expected = vec![
+        format!("127.0.0.1:{}", backends[0].http),
+        format!("127.0.0.1:{}", backends[1].http),
+    ];
+    expected.sort();
+    assert_eq!(endpoints, expected);
+
+    // The Pod goes away: the filter hears that the caller is unknown.
+    std::fs::remove_file(env.config_dir().join("client.yaml")).expect("remove the Pod");
+    env.eventually(Duration::from_secs(5), "the workload is forgotten", || {
+        let response = curl(&[&env.url(80, "/")]);
+        header_at_backend(&response.body, "X-Source-Workload").as_deref() == Some("unknown")
+    });
+}

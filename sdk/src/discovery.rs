@@ -64,8 +64,8 @@ impl Endpoint {
     }
 }
 
-/// The ready endpoints of `cluster` (`namespace/service:port`). `None` today (see the
-/// [module docs](self)), for a cluster the host does not know, and on any error.
+/// The ready endpoints of `cluster` (`namespace/service:port`); `None` for a cluster the host
+/// does not know, outside tidegate, and on any error.
 ///
 /// ```no_run
 /// if let Some(cluster) = tidegate_sdk::cluster() {

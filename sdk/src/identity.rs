@@ -98,8 +98,7 @@ pub fn destination_address() -> Option<SocketAddr> {
     get_string(&DESTINATION_ADDRESS)?.parse().ok()
 }
 
-/// The workload that sent the request. `None` today (see the [module docs](self)), and when the
-/// client is not a pod the host knows.
+/// The workload that sent the request; `None` when the client is not a pod the host knows.
 ///
 /// ```no_run
 /// match tidegate_sdk::source_workload() {
@@ -111,7 +110,7 @@ pub fn source_workload() -> Option<Workload> {
     workload(source_address()?.ip())
 }
 
-/// The workload the request was sent to. `None` today (see the [module docs](self)).
+/// The workload the request was sent to; `None` when it is not a pod the host knows.
 ///
 /// ```no_run
 /// let namespace = tidegate_sdk::destination_workload().map(|w| w.namespace);
@@ -121,8 +120,8 @@ pub fn destination_workload() -> Option<Workload> {
     workload(destination_address()?.ip())
 }
 
-/// The workload at `ip`, asked of the host service `tidegate.workload`. `None` today (see the
-/// [module docs](self)), when no pod has that address, and on any error.
+/// The workload at `ip`, asked of the host service `tidegate.workload`; `None` when no pod has
+/// that address, outside tidegate, and on any error.
 ///
 /// ```no_run
 /// let peer = tidegate_sdk::workload("10.0.0.7".parse().unwrap());

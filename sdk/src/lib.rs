@@ -25,8 +25,8 @@
 //! | [`endpoint`] / [`set_endpoint`] | the endpoint chosen (`ip:port`) | `PostBalancing` | ✓ |
 //! | [`Verdict`] | allow, or deny with a local reply | any | ✓ |
 //! | [`source_address`] / [`destination_address`] | the two ends of the connection | any | ✓ |
-//! | [`source_workload`] / [`destination_workload`] / [`workload`] | a pod's namespace, name, service account, labels | any | `None` until the host provides `tidegate.workload` |
-//! | [`endpoints`] | the ready endpoints of a cluster | any | `None` until the host provides `tidegate.endpoints` |
+//! | [`source_workload`] / [`destination_workload`] / [`workload`] | a pod's namespace, name, service account, labels | any | ✓ (pods the configuration knows) |
+//! | [`endpoints`] | the ready endpoints of a cluster | any | ✓ (every Service port) |
 //! | [`proxy_wasm`], [`log`] | the whole proxy-wasm SDK, and the `log` macros it logs through | any | ✓ |
 //!
 //! Every helper is infallible in the sense that matters inside a VM: **none panics**, whatever
