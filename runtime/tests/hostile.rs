@@ -20,7 +20,6 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,20 +37,9 @@ use hyper::body::{Frame, Incoming};
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use env::{Backend, Env, curl_statuses, gateway, http_get, route, service};
-
-const EXAMPLES: &str = env!("TIDEGATE_EXAMPLE_FILTERS");
+use env::{Backend, Env, copy_module, curl_statuses, gateway, http_get, route, service};
 
 // === configuration ===
-
-fn copy_hostile_module(env: &Env) {
-    let dir = env.config_dir().join("modules");
-    std::fs::create_dir_all(&dir).expect("modules dir");
-    let source = Path::new(EXAMPLES).join("hostile.wasm");
-    let tmp = dir.join(".hostile.wasm.tmp");
-    std::fs::copy(&source, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
-    std::fs::rename(&tmp, dir.join("hostile.wasm")).expect("rename module");
-}
 
 /// A WasmFilter running the hostile module on `routes` (PostRouting, so after the router chose
 /// the route), with a 50 ms budget per callback.
@@ -77,12 +65,7 @@ fn routes(names: &[&str]) -> String {
 // === observing the process ===
 
 fn metric(env: &Env, series: &str) -> u64 {
-    let metrics = http_get(&env.admin, "/metrics").expect("admin /metrics").1;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    env::metric(env, series) as u64
 }
 
 fn failures(env: &Env, filter: &str) -> u64 {
@@ -467,7 +450,7 @@ fn start_env(files: &[(&str, String)], extra_backend: Option<Backend>) -> (Env, 
             &service("upstream", Some("kubernetes.io/h2c"), &[&backend], true),
         );
     }
-    copy_hostile_module(&env);
+    copy_module(&env, "hostile", "hostile.wasm");
     for (name, text) in files {
         env.write(name, text);
     }
