@@ -61,8 +61,11 @@
 //!
 //! `WasmRuntime` and `FilterModule` are shared across threads; a `FilterInstance` belongs to one
 //! worker thread (it is `Send`, so it can be built elsewhere and moved there). Callbacks are
-//! synchronous and never block. Process-wide state is limited to the shared-data store and the
-//! metrics registry ([`metrics_snapshot`]), both behind short locks outside the header path.
+//! synchronous and never block. Process-wide state is limited to the shared-data store, the
+//! shared-queue registry ([`queue`]) and the metrics registry ([`metrics_snapshot`]), all behind
+//! short locks never held while guest code runs. HTTP callouts never block either: a callback
+//! queues them ([`FilterInstance::take_callouts`]) and the proxy delivers the answer later
+//! ([`FilterInstance::on_http_call_response`]) on the same thread.
 //!
 //! # ABI coverage
 //!

@@ -67,6 +67,7 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
+    ConfigMap(ConfigMap),
     Pod(Pod),
     WasmFilter(WasmFilterObject),
 }
@@ -82,6 +83,7 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::WasmFilter(o) => &o.metadata,
         }
@@ -98,6 +100,7 @@ impl Object {
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::Pod(_) => "Pod",
             Object::Secret(_) => "Secret",
+            Object::ConfigMap(_) => "ConfigMap",
             Object::WasmFilter(_) => "WasmFilter",
         }
     }
@@ -125,6 +128,7 @@ pub fn known_kind(api_version: &str, kind: &str) -> Option<&'static str> {
         ("", "Namespace") => "Namespace",
         ("", "Service") => "Service",
         ("", "Secret") => "Secret",
+        ("", "ConfigMap") => "ConfigMap",
         ("", "Pod") => "Pod",
         ("discovery.k8s.io", "EndpointSlice") => "EndpointSlice",
         (GATEWAY_GROUP, "GatewayClass") => "GatewayClass",
@@ -226,6 +230,21 @@ pub struct Secret {
     /// Plain values, as `kubectl apply` accepts them.
     #[serde(default, rename = "stringData")]
     pub string_data: BTreeMap<String, String>,
+}
+
+/// A ConfigMap: only its data (a WasmFilter's `spec.module.configMap` reads a module from
+/// `binaryData`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    pub metadata: ObjectMeta,
+    /// UTF-8 values.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Base64 values, as the API returns them and as `kubectl create configmap --from-file`
+    /// writes binary files.
+    #[serde(default)]
+    pub binary_data: BTreeMap<String, String>,
 }
 
 // --- discovery.k8s.io/v1 ---

@@ -250,6 +250,7 @@ fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &
         "Namespace" => typed(value).map(Object::Namespace),
         "Service" => typed(value).map(Object::Service),
         "Secret" => typed(value).map(Object::Secret),
+        "ConfigMap" => typed(value).map(Object::ConfigMap),
         "Pod" => typed(value).map(Object::Pod),
         "EndpointSlice" => typed(value).map(Object::EndpointSlice),
         "GatewayClass" => typed(value).map(Object::GatewayClass),

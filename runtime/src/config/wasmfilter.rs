@@ -55,13 +55,22 @@ pub struct ModuleSource {
     /// A path on the node: absolute, or relative to the configuration directory in standalone mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// An `http://` or `https://` URL.
+    /// An `http://` or `https://` URL (server certificates checked against the node's trusted
+    /// roots), fetched by the proxy in the background and retried with backoff until it
+    /// succeeds. Fetched once per URL and `sha256`: the content is taken to be immutable, so
+    /// publish a new module under a new URL, or change `sha256`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
-    /// An OCI image reference holding the module.
+    /// An OCI image reference (`registry/repository:tag` or `...@sha256:<digest>`; an `oci://`
+    /// prefix is allowed): a Wasm OCI artifact (a layer of media type
+    /// `application/vnd.module.wasm.content.layer.v1+wasm`) or an image with one uncompressed tar
+    /// layer holding `plugin.wasm`. Pulled anonymously (HTTPS, or plain HTTP for registries on
+    /// localhost), in the background, once per reference and `sha256`, like `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<String>,
-    /// A key of a ConfigMap in the WasmFilter's namespace (binaryData).
+    /// A key of `binaryData` of a ConfigMap in the WasmFilter's namespace
+    /// (`kubectl create configmap NAME --from-file=KEY=filter.wasm`); edits of the ConfigMap
+    /// reload the module.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapKeyRef>,
     /// Expected sha256 of the module (hex); a module with another digest is refused.

@@ -140,3 +140,124 @@ fn hostnames_intersect_like_the_gateway_api() {
     assert!(!hostnames_intersect(Some("*.example.com"), &hosts(&["example.com"])));
     assert!(!hostnames_intersect(Some("a.example.com"), &hosts(&["b.example.com"])));
 }
+
+fn wasm_filter_yaml(name: &str, module: &str) -> String {
+    format!(
+        "---\napiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  module: {module}\n"
+    )
+}
+
+fn accepted_condition(t: &Translation, name: &str) -> (String, String) {
+    let status = status_of(t, "WasmFilter", name);
+    let condition = &status["conditions"][0];
+    (
+        condition["status"].as_str().unwrap_or_default().to_string(),
+        condition["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn module_of<'a>(t: &'a Translation, name: &str) -> &'a wasmfilters::ModuleLocation {
+    &t.snapshot
+        .filters
+        .iter()
+        .find(|f| f.name == format!("ns/{name}"))
+        .expect("the filter is planned")
+        .module
+}
+
+#[test]
+fn config_map_modules_are_read_from_binary_data() {
+    use base64::Engine as _;
+    use wasmfilters::ModuleLocation;
+    let module = b"\0asm\x01\0\0\0";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(module);
+    let (head, tail) = encoded.split_at(4);
+    let yaml = format!(
+        "{BASE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: filters, namespace: ns}}\ndata: {{text.wasm: hello}}\nbinaryData:\n  plugin.wasm: {encoded}\n  wrapped.wasm: |\n    {head}\n    {tail}\n  broken.wasm: '!!!'\n{}{}{}{}{}{}",
+        wasm_filter_yaml("good", "{configMap: {name: filters, key: plugin.wasm}}"),
+        wasm_filter_yaml("wrapped", "{configMap: {name: filters, key: wrapped.wasm}}"),
+        wasm_filter_yaml("no-map", "{configMap: {name: absent, key: plugin.wasm}}"),
+        wasm_filter_yaml("no-key", "{configMap: {name: filters, key: other.wasm}}"),
+        wasm_filter_yaml("text", "{configMap: {name: filters, key: text.wasm}}"),
+        wasm_filter_yaml("broken", "{configMap: {name: filters, key: broken.wasm}}"),
+    );
+    let t = translate(&store_from(&yaml), &options());
+    let content = |name: &str| match module_of(&t, name) {
+        ModuleLocation::ConfigMap { object, content, .. } => {
+            assert_eq!(object, if name == "no-map" { "ns/absent" } else { "ns/filters" });
+            content.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    for name in ["good", "wrapped"] {
+        let bytes = content(name).expect("the module is read");
+        assert_eq!(&*bytes.bytes, module);
+        assert_eq!(
+            bytes.sha256,
+            "93a44bbb96c751218e4c00d479e4c14358122a389acca16205b1e4d0dc5f9476"
+        );
+    }
+    // Problems with the reference are the module's error (ResolvedRefs), not an invalid spec.
+    for name in ["no-map", "no-key", "text", "broken"] {
+        assert_eq!(accepted_condition(&t, name).0, "True", "{name}");
+    }
+    let error = content("no-map").unwrap_err();
+    assert!(
+        error.contains("spec.module.configMap: ConfigMap ns/absent not found")
+            && error.contains("kubectl create configmap"),
+        "{error}"
+    );
+    let error = content("no-key").unwrap_err();
+    assert!(
+        error.contains("no key other.wasm in binaryData (keys: broken.wasm, plugin.wasm, wrapped.wasm)"),
+        "{error}"
+    );
+    assert!(content("text").unwrap_err().contains("in data, which holds text"));
+    assert!(
+        content("broken")
+            .unwrap_err()
+            .contains("binaryData.broken.wasm is not valid base64")
+    );
+
+    // /config_dump shows the module's digest and size, not its bytes.
+    let dumped = serde_json::to_value(module_of(&t, "good")).expect("serializes");
+    assert_eq!(dumped["ConfigMap"]["content"]["Ok"]["size"], module.len());
+}
+
+#[test]
+fn http_and_oci_sources_are_validated_when_translating() {
+    use wasmfilters::ModuleLocation;
+    let yaml = format!(
+        "{BASE}{}{}{}{}{}",
+        wasm_filter_yaml("http", "{http: \"https://example.com/f.wasm\"}"),
+        wasm_filter_yaml("oci", "{oci: \"oci://127.0.0.1:5000/filters/f:v1\"}"),
+        wasm_filter_yaml("ftp", "{http: \"ftp://example.com/f.wasm\"}"),
+        wasm_filter_yaml("bad-ref", "{oci: \"registry.test/Filters:v1\"}"),
+        wasm_filter_yaml(
+            "two",
+            "{http: \"https://example.com/f.wasm\", oci: \"registry.test/f\"}"
+        ),
+    );
+    let t = translate(&store_from(&yaml), &options());
+    assert_eq!(
+        module_of(&t, "http"),
+        &ModuleLocation::Http("https://example.com/f.wasm".into())
+    );
+    assert_eq!(
+        module_of(&t, "oci"),
+        &ModuleLocation::Oci("oci://127.0.0.1:5000/filters/f:v1".into())
+    );
+    let (accepted, message) = accepted_condition(&t, "ftp");
+    assert_eq!(accepted, "False");
+    assert!(
+        message.contains("spec.module.http") && message.contains("http:// or https://"),
+        "{message}"
+    );
+    let (accepted, message) = accepted_condition(&t, "bad-ref");
+    assert_eq!(accepted, "False");
+    assert!(
+        message.contains("spec.module.oci") && message.contains("lowercase"),
+        "{message}"
+    );
+    assert!(accepted_condition(&t, "two").1.contains("exactly one"));
+}

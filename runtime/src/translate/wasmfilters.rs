@@ -3,15 +3,18 @@
 //! (see `crate::modules`); this only validates and resolves.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use super::TranslateOptions;
 use super::status::{Conditions, ObjectStatus, reason};
 use crate::config::ObjectStore;
-use crate::config::objects::{GATEWAY_GROUP, Object, WasmFilterObject};
+use crate::config::objects::{ConfigMap, GATEWAY_GROUP, Object, WasmFilterObject};
 use crate::config::wasmfilter::{self, FailurePolicyKind, Phase};
 
 /// The default memory cap of a user filter's VM.
@@ -41,6 +44,62 @@ pub struct UserFilterPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum ModuleLocation {
     File(PathBuf),
+    /// `spec.module.configMap`: the module as the ConfigMap holds it when translating (so an
+    /// edit of the ConfigMap reloads it), or why it cannot be read from it.
+    ConfigMap {
+        /// `namespace/name` of the ConfigMap.
+        object: String,
+        key: String,
+        content: Result<ModuleBytes, String>,
+    },
+    /// `spec.module.http`: an `http://` or `https://` URL, fetched in the background.
+    Http(String),
+    /// `spec.module.oci`: an image reference, pulled in the background.
+    Oci(String),
+}
+
+/// Module bytes carried in the plan; compared, hashed and shown (`/config_dump`) by digest.
+#[derive(Clone)]
+pub struct ModuleBytes {
+    pub bytes: Arc<[u8]>,
+    /// sha256 of `bytes`, hex.
+    pub sha256: String,
+}
+
+impl ModuleBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            bytes: bytes.into(),
+            sha256,
+        }
+    }
+}
+
+impl PartialEq for ModuleBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.sha256 == other.sha256
+    }
+}
+
+impl Eq for ModuleBytes {}
+
+impl std::hash::Hash for ModuleBytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.sha256.hash(state);
+    }
+}
+
+impl std::fmt::Debug for ModuleBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModuleBytes({} bytes, sha256 {})", self.bytes.len(), self.sha256)
+    }
+}
+
+impl Serialize for ModuleBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        json!({ "sha256": self.sha256, "size": self.bytes.len() }).serialize(serializer)
+    }
 }
 
 /// What a filter applies to; a request is in scope when any entry matches.
@@ -66,7 +125,7 @@ pub(super) fn translate_wasm_filters(
         let Object::WasmFilter(filter) = object else { continue };
         let namespace = filter.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let mut conditions = Conditions::new(filter.metadata.generation, &options.now);
-        match plan(filter, &namespace, options.config_dir.as_deref()) {
+        match plan(store, filter, &namespace, options.config_dir.as_deref()) {
             Ok(plan) => {
                 conditions.set(reason::ACCEPTED, true, reason::ACCEPTED, "filter is valid");
                 plans.push(plan);
@@ -91,7 +150,12 @@ pub(super) fn translate_wasm_filters(
     plans
 }
 
-fn plan(filter: &WasmFilterObject, namespace: &str, config_dir: Option<&Path>) -> Result<UserFilterPlan, String> {
+fn plan(
+    store: &ObjectStore,
+    filter: &WasmFilterObject,
+    namespace: &str,
+    config_dir: Option<&Path>,
+) -> Result<UserFilterPlan, String> {
     let spec = &filter.spec;
     let module = match (
         &spec.module.file,
@@ -107,10 +171,26 @@ fn plan(filter: &WasmFilterObject, namespace: &str, config_dir: Option<&Path>) -
             };
             ModuleLocation::File(path)
         }
-        (None, None, None, None) => return Err("spec.module: set one of file, http, oci, configMap".into()),
-        (None, Some(_), None, None) | (None, None, Some(_), None) | (None, None, None, Some(_)) => {
-            return Err("spec.module: only `file` sources are supported so far; copy the module to the node and use spec.module.file".into());
+        (None, Some(url), None, None) => {
+            crate::modules::http::parse_url(url).map_err(|e| format!("spec.module.http: {e}"))?;
+            ModuleLocation::Http(url.clone())
         }
+        (None, None, Some(reference), None) => {
+            crate::modules::oci::Reference::parse(reference)
+                .map_err(|e| format!("spec.module.oci {reference:?}: {e}"))?;
+            ModuleLocation::Oci(reference.clone())
+        }
+        (None, None, None, Some(config_map)) => {
+            if config_map.name.is_empty() || config_map.key.is_empty() {
+                return Err("spec.module.configMap: set both name and key".into());
+            }
+            ModuleLocation::ConfigMap {
+                object: format!("{namespace}/{}", config_map.name),
+                key: config_map.key.clone(),
+                content: config_map_module(store, namespace, &config_map.name, &config_map.key),
+            }
+        }
+        (None, None, None, None) => return Err("spec.module: set one of file, http, oci, configMap".into()),
         _ => return Err("spec.module: set exactly one of file, http, oci, configMap".into()),
     };
     let sha256 = match &spec.module.sha256 {
@@ -156,6 +236,45 @@ fn plan(filter: &WasmFilterObject, namespace: &str, config_dir: Option<&Path>) -
         call_timeout,
         scope,
     })
+}
+
+/// The module in `binaryData[key]` of ConfigMap `namespace/name`, or what is wrong with it.
+fn config_map_module(store: &ObjectStore, namespace: &str, name: &str, key: &str) -> Result<ModuleBytes, String> {
+    let field = "spec.module.configMap";
+    let Some(Object::ConfigMap(config_map)) = store.get("ConfigMap", namespace, name) else {
+        return Err(format!(
+            "{field}: ConfigMap {namespace}/{name} not found; create it in the WasmFilter's namespace (kubectl create configmap {name} -n {namespace} --from-file={key}=FILTER.wasm) or fix {field}.name"
+        ));
+    };
+    let Some(encoded) = config_map.binary_data.get(key) else {
+        return Err(missing_key(config_map, namespace, name, key));
+    };
+    // Kubernetes writes one line; YAML written by hand may wrap it.
+    let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(compact).map_err(|e| {
+        format!(
+            "{field}: ConfigMap {namespace}/{name} binaryData.{key} is not valid base64 ({e}); recreate it with kubectl create configmap --from-file"
+        )
+    })?;
+    Ok(ModuleBytes::new(bytes))
+}
+
+fn missing_key(config_map: &ConfigMap, namespace: &str, name: &str, key: &str) -> String {
+    let field = "spec.module.configMap";
+    if config_map.data.contains_key(key) {
+        return format!(
+            "{field}: ConfigMap {namespace}/{name} has key {key} in data, which holds text; a module is binary: put it in binaryData (kubectl create configmap --from-file does)"
+        );
+    }
+    let keys: Vec<&str> = config_map.binary_data.keys().map(String::as_str).collect();
+    format!(
+        "{field}: ConfigMap {namespace}/{name} has no key {key} in binaryData (keys: {}); fix {field}.key or add the module under that key",
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            keys.join(", ")
+        }
+    )
 }
 
 fn scope(spec: &wasmfilter::WasmFilterSpec, namespace: &str) -> Result<FilterScope, String> {
