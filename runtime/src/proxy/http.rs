@@ -735,15 +735,58 @@ fn local_reply(ex: &mut HttpExchange) -> Response<ResponseBody> {
     let Some(reply) = ex.local_reply.take() else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "a filter answered without a reply\n");
     };
+    if let Some(code) = reply.grpc_status {
+        return grpc_reply(code, &reply);
+    }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(full(Bytes::from(reply.body)));
     *response.status_mut() = status;
-    for (name, value) in reply.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
+    append_reply_headers(&mut response, &reply.headers);
+    response
+}
+
+/// A local reply with a gRPC status, as Envoy sends it: a gRPC "trailers-only" response (HTTP
+/// 200, `content-type: application/grpc`, `grpc-status`, and the body as `grpc-message`,
+/// percent-encoded), which gRPC clients read as the call's status.
+fn grpc_reply(code: i32, reply: &crate::wasm::LocalReply) -> Response<ResponseBody> {
+    let mut response = Response::new(ProxyBody::Empty);
+    append_reply_headers(&mut response, &reply.headers);
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    let message = if reply.body.is_empty() {
+        reply.details.as_bytes()
+    } else {
+        &reply.body
+    };
+    if !message.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message))
+    {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` stays, the rest is
+/// `%XX`.
+fn grpc_percent_encode(message: &[u8]) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.trim_ascii_end() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn append_reply_headers(response: &mut Response<ResponseBody>, headers: &[(String, Vec<u8>)]) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
             response.headers_mut().append(name, value);
         }
     }
-    response
 }
 
 fn full(bytes: Bytes) -> ResponseBody {

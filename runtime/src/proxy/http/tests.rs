@@ -686,6 +686,23 @@ fn a_body_callback_may_answer_locally_or_reset_the_stream() {
             .expect("response");
         assert_eq!((got.status, got.text().as_str()), (403, "denied\n"));
 
+        // With a gRPC status, the reply is a gRPC trailers-only response, as Envoy sends it.
+        let grpc_deny = deny.replace("(i32.const -1)", "(i32.const 16)");
+        let (h, _) = harness(
+            vec![guest("grpc-deny", &grpc_deny, FailurePolicy::FailClosed)],
+            UpstreamProtocol::Http1,
+            None,
+        )
+        .await;
+        let got = send(h.proxy, true, post(true, "/", &["x"], None, &[]))
+            .await
+            .expect("response");
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("content-type"), "application/grpc");
+        assert_eq!(got.header("grpc-status"), "16");
+        assert_eq!(got.header("grpc-message"), "denied");
+        assert_eq!(got.text(), "");
+
         let reset = r#"
   (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
     (drop (call $close_stream (i32.const 1)))
