@@ -1,234 +1,212 @@
-//! Requests/s and latency: direct vs nginx vs tidegate, in one run. See benches/README.md.
+//! Requests/s, latency and proxy CPU per request, all in one run: direct to the backend, nginx,
+//! and tidegate with 0, 1 and 5 empty (`noop`) user filters. See benches/README.md.
+//!
+//! Settings (environment): `BENCH_SECONDS` (3) per measurement, `BENCH_WARMUP_SECONDS` (1)
+//! before each, `BENCH_CONNECTIONS` (4), `BENCH_ROUNDS` (10).
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+use common::{Load, Measured, Proc, Tidegate, WorkDir, median};
 
-struct Guard(Child);
+/// tidegate is measured with these numbers of noop user filters (0 must be first).
+const FILTER_COUNTS: [usize; 3] = [0, 1, 5];
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Direct,
+    Nginx,
+    Tidegate(usize),
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-fn spawn(cpu: &str, program: &str, args: &[&str]) -> Guard {
-    let child = Command::new("taskset")
-        .args(["-c", cpu, program])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
-    Guard(child)
-}
-
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {port}");
-}
-
-struct Result {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn wrk(url: &str, seconds: u32, connections: u32) -> Result {
-    let warm = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "-c4", "-d2s", url])
-        .output();
-    if warm.is_err() {
-        panic!("wrk is missing: apt-get install -y wrk");
-    }
-    let output = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |prefix: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-            .map(|v| parse_value(&v))
-            .unwrap_or(f64::NAN)
-    };
-    Result {
-        rps: field("Requests/sec:"),
-        p50_ms: field("50%"),
-        p99_ms: field("99%"),
-    }
-}
-
-/// wrk prints latencies as `1.23ms` / `456.00us` / `1.20s`.
-fn parse_value(v: &str) -> f64 {
-    let v = v.split_whitespace().next().unwrap_or(v);
-    for (suffix, scale) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] {
-        if let Some(number) = v.strip_suffix(suffix) {
-            return number.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN);
+impl Flow {
+    fn name(self) -> String {
+        match self {
+            Flow::Direct => "direct".into(),
+            Flow::Nginx => "nginx".into(),
+            Flow::Tidegate(1) => "tidegate, 1 filter".into(),
+            Flow::Tidegate(n) => format!("tidegate, {n} filters"),
         }
     }
-    v.parse().unwrap_or(f64::NAN)
 }
 
 fn main() {
-    let seconds: u32 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let connections: u32 = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let dir = std::env::temp_dir().join(format!("tidegate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("config")).expect("bench dir");
-
-    let echo_port = free_port();
-    let _echo = spawn(
-        "1",
-        BIN,
-        &[
-            "echo",
-            "--listen",
-            &format!("127.0.0.1:{echo_port}"),
-            "--pod",
-            "bench-0",
-        ],
+    let load = Load::from_env(3);
+    let rounds = common::env_u64("BENCH_ROUNDS", 10).max(1) as usize;
+    let work = WorkDir::new("http");
+    let flows: Vec<Flow> = [Flow::Direct, Flow::Nginx]
+        .into_iter()
+        .chain(FILTER_COUNTS.iter().map(|&n| Flow::Tidegate(n)))
+        .collect();
+    println!("machine: {}", common::machine());
+    println!(
+        "{rounds} round(s) × {} flows, {} s each after {} s warm-up, wrk -t1 -c{}; proxy on CPU {}, wrk and the echo backend on CPU {}",
+        flows.len(),
+        load.seconds,
+        load.warmup_seconds,
+        load.connections,
+        common::PROXY_CPU,
+        common::CLIENT_CPU
     );
-    wait_for(echo_port);
 
-    let nginx_port = free_port();
-    let nginx_conf = dir.join("nginx.conf");
-    std::fs::write(
-        &nginx_conf,
-        format!(
-            "daemon off; worker_processes 1; pid {pid}; error_log stderr;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; upstream echo {{ server 127.0.0.1:{echo_port}; keepalive 32; }}\n\
-             server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
-            pid = dir.join("nginx.pid").display()
-        ),
-    )
-    .expect("write nginx.conf");
-    let _nginx = spawn(
-        "0",
-        "nginx",
-        &[
-            "-c",
-            nginx_conf.to_str().expect("utf-8"),
-            "-p",
-            dir.to_str().expect("utf-8"),
-        ],
-    );
-    wait_for(nginx_port);
-
-    let gateway_port = free_port();
-    write_tidegate_config(&dir.join("config"), echo_port);
-    let offset = (gateway_port - 80).to_string();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("config");
-    let _tidegate = spawn(
-        "0",
-        BIN,
-        &[
-            "run",
-            "--config-dir",
-            config.to_str().expect("utf-8"),
-            "--admin",
-            &admin,
-            "--listen-address",
-            "127.0.0.1",
-            "--port-offset",
-            &offset,
-            "--workers",
-            "1",
-        ],
-    );
-    wait_for(gateway_port);
-
-    let flows = [
-        ("direct", format!("http://127.0.0.1:{echo_port}/bench")),
-        ("nginx", format!("http://127.0.0.1:{nginx_port}/bench")),
-        ("tidegate", format!("http://127.0.0.1:{gateway_port}/bench")),
-    ];
-    let mut results = Vec::new();
-    println!("{:<10} {:>12} {:>10} {:>10}", "flow", "req/s", "p50 ms", "p99 ms");
-    for (name, url) in &flows {
-        let r = wrk(url, seconds, connections);
-        println!("{name:<10} {:>12.0} {:>10.3} {:>10.3}", r.rps, r.p50_ms, r.p99_ms);
-        results.push(r);
+    let (mut echo, echo_port) = common::start_echo(&work.0);
+    // Every proxy runs from the start and stays up (no start-up in the measurements, the same
+    // process in every round); all but the one under measurement are stopped (SIGSTOP).
+    let mut proxies: Vec<Option<Proc>> = Vec::new();
+    let mut urls: Vec<String> = Vec::new();
+    for &flow in &flows {
+        match start(flow, &work, echo_port) {
+            Some((mut proc, port)) => {
+                proc.pause();
+                proxies.push(Some(proc));
+                urls.push(format!("http://127.0.0.1:{port}/bench"));
+            }
+            None => {
+                proxies.push(None);
+                urls.push(format!("http://127.0.0.1:{echo_port}/bench"));
+            }
+        }
     }
-    let (direct, nginx, tidegate) = (&results[0], &results[1], &results[2]);
-    println!("\nratios (same run):");
+    // results[round][flow]
+    let mut results: Vec<Vec<Option<Measured>>> = vec![vec![None; flows.len()]; rounds];
     println!(
-        "  tidegate / nginx   req/s {:.2}   p99 {:.2}",
-        tidegate.rps / nginx.rps,
-        tidegate.p99_ms / nginx.p99_ms
+        "\n{:<5} {:<22} {:>10} {:>9} {:>9} {:>12} {:>6} {:>7}",
+        "round", "flow", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "busy", "others"
     );
+    for (round, row) in results.iter_mut().enumerate() {
+        // Each round starts with another flow, so no flow always runs first or last.
+        for k in 0..flows.len() {
+            let i = (k + round) % flows.len();
+            let flow = flows[i];
+            let pid = proxies[i].as_mut().map(|p| {
+                p.resume();
+                p.pid()
+            });
+            let measured = common::wrk(&urls[i], load, pid);
+            if let Some(p) = proxies[i].as_mut() {
+                p.pause();
+            }
+            echo.check_alive();
+            let (cpu, busy) = match measured.cpu_us_per_request.is_nan() {
+                true => ("–".to_string(), "–".to_string()),
+                false => (
+                    format!("{:.2}", measured.cpu_us_per_request),
+                    format!("{:.0}%", measured.cpu_busy * 100.0),
+                ),
+            };
+            println!(
+                "{:<5} {:<22} {:>10.0} {:>9.3} {:>9.3} {:>12} {:>6} {:>6.0}%",
+                round + 1,
+                flow.name(),
+                measured.rps,
+                measured.p50_ms,
+                measured.p99_ms,
+                cpu,
+                busy,
+                measured.foreign_busy * 100.0
+            );
+            row[i] = Some(measured);
+        }
+    }
+    report(&flows, &results);
+    let foreign = results
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|m| m.foreign_busy)
+        .fold(0.0, f64::max);
     println!(
-        "  tidegate / direct  req/s {:.2}   p99 {:.2}",
-        tidegate.rps / direct.rps,
-        tidegate.p99_ms / direct.p99_ms
+        "\nbusy: the proxy's CPU time ÷ wall time; others: CPU {}'s busy time not spent by the proxy (other processes, interrupts, steal) ÷ wall time, at most {:.0} % in this run{}",
+        common::PROXY_CPU,
+        foreign * 100.0,
+        if foreign > 0.05 {
+            ": NOT a quiet machine, compare with care"
+        } else {
+            ""
+        }
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn write_tidegate_config(dir: &Path, echo_port: u16) {
-    std::fs::write(
-        dir.join("bench.yaml"),
-        format!(
-            r#"apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: bench}}
-spec:
-  gatewayClassName: tidegate
-  listeners: [{{name: http, protocol: HTTP, port: 80}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: echo, namespace: bench}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: bench}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: bench, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1]}}]
-ports: [{{name: http, port: {echo_port}}}]
-"#
-        ),
-    )
-    .expect("write bench config");
+/// Starts the flow's proxy, ready to serve (`None` for `direct`), and the port it serves on.
+fn start(flow: Flow, work: &WorkDir, echo_port: u16) -> Option<(Proc, u16)> {
+    match flow {
+        Flow::Direct => None,
+        Flow::Nginx => Some(common::start_nginx(&work.0, echo_port)),
+        Flow::Tidegate(filters) => {
+            let tidegate = Tidegate::start(&work.0, echo_port, filters);
+            let port = tidegate.port;
+            Some((tidegate.proc, port))
+        }
+    }
+}
+
+/// Medians over the rounds; each ratio is taken within a round, then its median reported, with
+/// the range over the rounds where the spread matters.
+fn report(flows: &[Flow], results: &[Vec<Option<Measured>>]) {
+    let at = |round: &Vec<Option<Measured>>, flow: Flow| -> Measured {
+        let i = flows.iter().position(|f| *f == flow).expect("a measured flow");
+        round[i].expect("every flow measured in every round")
+    };
+    // (median, min, max) over the rounds of a per-round value.
+    let spread = |f: &dyn Fn(&Vec<Option<Measured>>) -> f64| {
+        let values: Vec<f64> = results.iter().map(f).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(&values), min, max)
+    };
+    let med = |f: &dyn Fn(&Vec<Option<Measured>>) -> f64| spread(f).0;
+    let ranged = |(m, lo, hi): (f64, f64, f64)| format!("{m:.2} ({lo:.2}–{hi:.2})");
+
+    println!(
+        "\nmedian of {} round(s); ratios are taken within each round, then their median (and range over the rounds):\n",
+        results.len()
+    );
+    println!(
+        "| flow | req/s | p50 ms | p99 ms | proxy CPU µs/req | req/s ÷ direct | p99 ÷ direct | req/s ÷ tidegate-0 | p50 ÷ tidegate-0 | CPU/req ÷ tidegate-0 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let tg0 = Flow::Tidegate(0);
+    for &flow in flows {
+        let m = |f: fn(&Measured) -> f64| med(&|r| f(&at(r, flow)));
+        let vs_direct = |f: fn(&Measured) -> f64| med(&|r| f(&at(r, flow)) / f(&at(r, Flow::Direct)));
+        let vs_tg0 = |f: fn(&Measured) -> f64| match flow {
+            Flow::Tidegate(n) if n > 0 => ranged(spread(&|r| f(&at(r, flow)) / f(&at(r, tg0)))),
+            Flow::Tidegate(_) => "1".into(),
+            _ => "–".into(),
+        };
+        let cpu = m(|x| x.cpu_us_per_request);
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            flow.name(),
+            m(|x| x.rps),
+            m(|x| x.p50_ms),
+            m(|x| x.p99_ms),
+            if cpu.is_nan() {
+                "–".into()
+            } else {
+                format!("{cpu:.1}")
+            },
+            vs_direct(|x| x.rps),
+            vs_direct(|x| x.p99_ms),
+            vs_tg0(|x| x.rps),
+            vs_tg0(|x| x.p50_ms),
+            vs_tg0(|x| x.cpu_us_per_request),
+        );
+    }
+    let tg0_vs_nginx = spread(&|r| at(r, tg0).cpu_us_per_request / at(r, Flow::Nginx).cpu_us_per_request);
+    println!(
+        "\nproxy CPU per request, tidegate (0 filters) ÷ nginx: {}",
+        ranged(tg0_vs_nginx)
+    );
+    for &n in FILTER_COUNTS.iter().filter(|&&n| n > 0) {
+        let added = |r: &Vec<Option<Measured>>| {
+            (at(r, Flow::Tidegate(n)).cpu_us_per_request - at(r, tg0).cpu_us_per_request) / n as f64
+        };
+        let per_filter = spread(&added);
+        let share = med(&|r| added(r) / at(r, tg0).cpu_us_per_request);
+        println!(
+            "with {n} noop filter(s), each adds {} µs of proxy CPU per request = {:.1} % of tidegate's own (0 filters)",
+            ranged(per_filter),
+            share * 100.0
+        );
+    }
 }
