@@ -584,10 +584,8 @@ impl Chain {
             return true;
         };
         let property = |name: &str| s.ex.properties.get(name).and_then(|v| std::str::from_utf8(v).ok());
-        let gateways: Vec<&str> = property("tidegate.gateways")
-            .map(|g| g.split(',').collect())
-            .unwrap_or_default();
-        scope.applies(&gateways, property("tidegate.route"), property("tidegate.cluster"))
+        let gateways = property("tidegate.gateways").unwrap_or_default();
+        scope.applies(gateways, property("tidegate.route"), property("tidegate.cluster"))
     }
 
     fn data_at(

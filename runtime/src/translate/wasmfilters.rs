@@ -309,16 +309,20 @@ fn scope(spec: &wasmfilter::WasmFilterSpec, namespace: &str) -> Result<FilterSco
 
 impl FilterScope {
     /// Whether a request is in scope. `gateways` are the Gateways owning the socket the request
-    /// came in on; `route` (`namespace/name/rule`) and `cluster` (`namespace/service:port`) are
+    /// came in on, comma-separated (the `tidegate.gateways` property); `route` (`namespace/name/rule`) and `cluster` (`namespace/service:port`) are
     /// known once the router has run.
-    pub fn applies(&self, gateways: &[&str], route: Option<&str>, cluster: Option<&str>) -> bool {
-        let namespace_of = |qualified: &str| qualified.split('/').next().unwrap_or_default().to_string();
+    pub fn applies(&self, gateways: &str, route: Option<&str>, cluster: Option<&str>) -> bool {
+        // Per request: compare borrowed slices, allocate nothing.
+        let in_namespaces = |qualified: &str| {
+            let namespace = qualified.split('/').next().unwrap_or_default();
+            self.namespaces.iter().any(|n| n == namespace)
+        };
         let gateway_match = gateways
-            .iter()
-            .any(|g| self.gateways.iter().any(|t| t == g) || self.namespaces.contains(&namespace_of(g)));
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .any(|g| self.gateways.iter().any(|t| t == g) || in_namespaces(g));
         let route_name = route.map(|r| r.rsplit_once('/').map(|(name, _)| name).unwrap_or(r));
-        let route_match = route_name
-            .is_some_and(|r| self.routes.iter().any(|t| t == r) || self.namespaces.contains(&namespace_of(r)));
+        let route_match = route_name.is_some_and(|r| self.routes.iter().any(|t| t == r) || in_namespaces(r));
         let service = cluster.map(|c| c.rsplit_once(':').map(|(service, _)| service).unwrap_or(c));
         let service_match = service.is_some_and(|s| self.services.iter().any(|t| t == s));
         gateway_match || route_match || service_match
@@ -337,19 +341,16 @@ mod tests {
             services: vec!["app/api".into()],
             namespaces: vec!["team".into()],
         };
-        assert!(scope.applies(&["infra/gw"], None, None));
-        assert!(!scope.applies(&["infra/other"], None, None));
+        assert!(scope.applies("infra/gw", None, None));
+        assert!(!scope.applies("infra/other", None, None));
         assert!(
-            scope.applies(&["team/any"], None, None),
+            scope.applies("team/any", None, None),
             "a namespace target covers its Gateways"
         );
-        assert!(scope.applies(&["infra/other"], Some("app/web/0"), None));
-        assert!(
-            scope.applies(&["infra/other"], Some("team/r/1"), None),
-            "and its routes"
-        );
-        assert!(!scope.applies(&["infra/other"], Some("app/webby/0"), None));
-        assert!(scope.applies(&["infra/other"], None, Some("app/api:8080")));
-        assert!(!scope.applies(&["infra/other"], None, Some("app/apix:8080")));
+        assert!(scope.applies("infra/other", Some("app/web/0"), None));
+        assert!(scope.applies("infra/other", Some("team/r/1"), None), "and its routes");
+        assert!(!scope.applies("infra/other", Some("app/webby/0"), None));
+        assert!(scope.applies("infra/other", None, Some("app/api:8080")));
+        assert!(!scope.applies("infra/other", None, Some("app/apix:8080")));
     }
 }
