@@ -11,29 +11,14 @@ mod env;
 
 use env::{
     Backend, Env, Proc, copy_module, curl, free_port, gateway, header_at_backend, http_get, metric, route, service,
-    wasm_filter,
+    start_nginx, wasm_filter,
 };
 
 /// nginx answering `/check` as an authorization service: 200 with `x-auth-user` for the right
 /// bearer token, 403 with a reason otherwise.
-fn start_nginx(env: &Env, port: u16) -> Proc {
-    let dir = env.dir.path().join("nginx");
-    std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+fn start_auth_service(env: &Env, port: u16) -> Proc {
+    let server = format!(
+        r#"
     server {{
         listen 127.0.0.1:{port};
         location = /check {{
@@ -44,29 +29,9 @@ http {{
             return 403 "no valid token for $http_x_original_method $http_x_original_path\n";
         }}
     }}
-}}
 "#
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("write nginx.conf");
-    // Debian installs it in /usr/sbin, which is not on every user's PATH.
-    let program = if std::path::Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let nginx = Proc::start_program(
-        "nginx",
-        program,
-        &["-c", path.to_str().expect("utf-8"), "-p", &dir.display().to_string()],
-        &env.dir.path().join("logs"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start: {}", nginx.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    nginx
+    start_nginx(env, "nginx", &server, &[port])
 }
 
 fn auth_filter(name: &str, route: &str, cluster: &str, timeout_ms: u64) -> String {
@@ -83,7 +48,7 @@ fn auth_filter(name: &str, route: &str, cluster: &str, timeout_ms: u64) -> Strin
 fn authorization_through_an_http_callout_to_a_cluster() {
     let (mut env, backends) = Env::new(&["web-0"]);
     let nginx_port = free_port();
-    let _nginx = start_nginx(&env, nginx_port);
+    let _nginx = start_auth_service(&env, nginx_port);
     // A peer that accepts connections and never answers: the callout must time out.
     let black_hole = TcpListener::bind("127.0.0.1:0").expect("bind");
     let black_hole_port = black_hole.local_addr().expect("addr").port();

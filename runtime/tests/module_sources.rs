@@ -15,21 +15,16 @@ use sha2::{Digest as _, Sha256};
 #[path = "common/env.rs"]
 mod env;
 
-use env::{EXAMPLES, Env, Proc, curl, free_port, gateway, header_at_backend, route, service};
+use env::{
+    EXAMPLES, Env, Proc, conditions, curl, free_port, gateway, header_at_backend, peer, route, service, start_nginx,
+    wait_for_port,
+};
 
 const WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The path of a peer program, or a failure saying which package provides it.
-fn peer(path: &str, package: &str) -> String {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: these tests need real peers; install them with `apt-get install {package}`"
-    );
-    path.to_string()
-}
-
 fn module(artifact: &str) -> Vec<u8> {
     let path = Path::new(EXAMPLES).join(format!("{artifact}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
@@ -45,25 +40,6 @@ fn filter(name: &str, source: &str, route: &str, value: &str, extra: &str) -> St
     format!(
         "apiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  module: {source}\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {route}}}]\n  phase: PostRouting\n  config: {{request_headers: [[x-a, \"{value}\"]]}}\n{extra}"
     )
-}
-
-/// (type, status, message) of a WasmFilter's conditions.
-fn conditions(env: &Env, name: &str) -> Vec<(String, String, String)> {
-    let status = env.status();
-    status["objects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["kind"] == "WasmFilter" && o["name"] == name)
-        .flat_map(|o| o["status"]["conditions"].as_array().cloned().unwrap_or_default())
-        .map(|c| {
-            (
-                c["type"].as_str().unwrap_or_default().to_string(),
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Waits for the WasmFilter's ResolvedRefs condition to be `status` with a message containing
@@ -301,7 +277,7 @@ fn test_pki(dir: &Path) -> TestPki {
 
 /// nginx serving `root` as static files on `port`, and over TLS on `tls_port` (a certificate
 /// the proxy trusts) and `untrusted_port` (one it does not).
-fn start_nginx(env: &Env, port: u16, root: &Path, tls_port: u16, untrusted_port: u16, pki: &TestPki) -> Proc {
+fn start_module_server(env: &Env, port: u16, root: &Path, tls_port: u16, untrusted_port: u16, pki: &TestPki) -> Proc {
     let servers = format!(
         r#"
     server {{
@@ -328,46 +304,7 @@ fn start_nginx(env: &Env, port: u16, root: &Path, tls_port: u16, untrusted_port:
         untrusted_cert = pki.untrusted_cert.display(),
         untrusted_key = pki.untrusted_key.display(),
     );
-    start_nginx_with(env, "nginx", &servers, &[port, tls_port, untrusted_port])
-}
-
-/// nginx (unprivileged, in the test's directory `name`) with the `server` blocks given.
-fn start_nginx_with(env: &Env, name: &str, servers: &str, ports: &[u16]) -> Proc {
-    let program = peer("/usr/sbin/nginx", "nginx-light");
-    let dir = env.dir.path().join(name);
-    std::fs::create_dir_all(&dir).expect("nginx dir");
-    let d = dir.display();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-{servers}
-}}
-"#
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("write nginx.conf");
-    let nginx = Proc::start_program(
-        name,
-        &program,
-        &["-c", path.to_str().expect("utf-8"), "-p", &d.to_string()],
-        &env.dir.path().join("logs"),
-    );
-    for port in ports {
-        wait_for_port(*port, &nginx);
-    }
-    nginx
+    start_nginx(env, "nginx", &servers, &[port, tls_port, untrusted_port])
 }
 
 /// nginx in front of a registry as public registries are: `/v2/` answers 401 with a Bearer
@@ -395,7 +332,7 @@ fn start_token_front(env: &Env, port: u16, registry_port: u16, repository: &str)
     }}
 "#
     );
-    start_nginx_with(env, "token-front", &servers, &[port])
+    start_nginx(env, "token-front", &servers, &[port])
 }
 
 /// Starts tidegate as [`Env::start`] does, with `SSL_CERT_FILE` naming the trusted roots.
@@ -435,14 +372,6 @@ fn start_trusting(env: &mut Env, roots: &Path) {
     });
 }
 
-fn wait_for_port(port: u16, proc: &Proc) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{} did not start: {}", proc.name, proc.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn http_modules_are_fetched_in_the_background_and_failures_are_reported() {
     let (mut env, backends) = Env::new(&["web-0"]);
@@ -452,7 +381,7 @@ fn http_modules_are_fetched_in_the_background_and_failures_are_reported() {
     std::fs::write(www.join("header-rewrite.wasm"), &header_rewrite).expect("write module");
     let (port, tls_port, untrusted_port) = (free_port(), free_port(), free_port());
     let pki = test_pki(&env.dir.path().join("pki"));
-    let _nginx = start_nginx(&env, port, &www, tls_port, untrusted_port, &pki);
+    let _nginx = start_module_server(&env, port, &www, tls_port, untrusted_port, &pki);
     // A server that accepts and never answers: its fetch stays "not loaded yet".
     let black_hole = TcpListener::bind("127.0.0.1:0").expect("bind");
     let black_hole_port = black_hole.local_addr().expect("addr").port();

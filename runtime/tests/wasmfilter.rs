@@ -8,25 +8,10 @@ use std::time::Duration;
 #[path = "common/env.rs"]
 mod env;
 
-use env::{Env, copy_module, curl, curl_statuses, gateway, header_at_backend, http_get, route, service, wasm_filter};
-
-fn conditions(env: &Env, name: &str) -> Vec<(String, String, String)> {
-    let status = env.status();
-    status["objects"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["kind"] == "WasmFilter" && o["name"] == name)
-        .flat_map(|o| o["status"]["conditions"].as_array().cloned().unwrap_or_default())
-        .map(|c| {
-            (
-                c["type"].as_str().unwrap_or_default().to_string(),
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
+use env::{
+    Env, conditions, copy_module, curl, curl_statuses, gateway, header_at_backend, http_get, route, service,
+    wasm_filter,
+};
 
 fn routes() -> String {
     [

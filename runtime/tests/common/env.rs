@@ -326,3 +326,79 @@ pub fn metric(env: &Env, sample: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The path of a peer program, asserting it is installed (CI installs it with apt).
+pub fn peer(path: &str, package: &str) -> String {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: these tests need real peers; install them with `apt-get install {package}`"
+    );
+    path.to_string()
+}
+
+/// Waits until something listens on loopback `port`, or fails with `proc`'s log.
+pub fn wait_for_port(port: u16, proc: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{} did not start: {}", proc.name, proc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (type, status, message) of a WasmFilter's conditions in the admin `/status`.
+pub fn conditions(env: &Env, name: &str) -> Vec<(String, String, String)> {
+    let status = env.status();
+    status["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["kind"] == "WasmFilter" && o["name"] == name)
+        .flat_map(|o| o["status"]["conditions"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or_default().to_string(),
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// nginx (unprivileged, in the test's directory `name`) with the `server` blocks given.
+pub fn start_nginx(env: &Env, name: &str, servers: &str, ports: &[u16]) -> Proc {
+    let program = peer("/usr/sbin/nginx", "nginx-light");
+    let dir = env.dir.path().join(name);
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+{servers}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let nginx = Proc::start_program(
+        name,
+        &program,
+        &["-c", path.to_str().expect("utf-8"), "-p", &d.to_string()],
+        &env.dir.path().join("logs"),
+    );
+    for port in ports {
+        wait_for_port(*port, &nginx);
+    }
+    nginx
+}
