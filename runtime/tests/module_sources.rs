@@ -335,43 +335,6 @@ fn start_token_front(env: &Env, port: u16, registry_port: u16, repository: &str)
     start_nginx(env, "token-front", &servers, &[port])
 }
 
-/// Starts tidegate as [`Env::start`] does, with `SSL_CERT_FILE` naming the trusted roots.
-fn start_trusting(env: &mut Env, roots: &Path) {
-    let offset = env.offset.to_string();
-    let config = env.config_dir();
-    let logs = env.dir.path().join("logs");
-    let log = logs.join("tidegate.log");
-    let file = std::fs::File::create(&log).expect("create log file");
-    let child = Command::new(env::BIN)
-        .args([
-            "run",
-            "--config-dir",
-            config.to_str().expect("utf-8 path"),
-            "--admin",
-            &env.admin,
-            "--listen-address",
-            "127.0.0.1",
-            "--port-offset",
-            &offset,
-            "--workers",
-            "2",
-        ])
-        .env("SSL_CERT_FILE", roots)
-        .stdout(file.try_clone().expect("clone log handle"))
-        .stderr(file)
-        .spawn()
-        .expect("start tidegate");
-    env.tidegate = Some(Proc {
-        child,
-        name: "tidegate".into(),
-        log,
-    });
-    let admin = env.admin.clone();
-    env.eventually(Duration::from_secs(30), "tidegate ready", || {
-        env::http_get(&admin, "/ready").is_some_and(|(s, _)| s == 200)
-    });
-}
-
 #[test]
 fn http_modules_are_fetched_in_the_background_and_failures_are_reported() {
     let (mut env, backends) = Env::new(&["web-0"]);
@@ -483,7 +446,7 @@ fn http_modules_are_fetched_in_the_background_and_failures_are_reported() {
             "",
         ),
     );
-    start_trusting(&mut env, &pki.ca);
+    env.start_with_env(&[("SSL_CERT_FILE", &pki.ca)]);
 
     env.eventually(Duration::from_secs(10), "the fetched module", || {
         x_a(&env, "/web") == (200, Some("1".into()))

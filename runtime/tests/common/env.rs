@@ -26,10 +26,22 @@ impl Proc {
 
     /// Starts another program (a peer: nginx, ...), logging to `log_dir/name.log`.
     pub fn start_program(name: &str, program: &str, args: &[&str], log_dir: &Path) -> Self {
+        Self::start_program_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// [`start_program`](Self::start_program) with extra environment variables.
+    pub fn start_program_with_env(
+        name: &str,
+        program: &str,
+        args: &[&str],
+        vars: &[(&str, &Path)],
+        log_dir: &Path,
+    ) -> Self {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create log file");
         let child = Command::new(program)
             .args(args)
+            .envs(vars.iter().copied())
             .stdout(file.try_clone().expect("clone log handle"))
             .stderr(file)
             .stdin(Stdio::null())
@@ -194,6 +206,11 @@ impl Env {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// [`start`](Self::start) with extra environment variables (e.g. `SSL_CERT_FILE`).
+    pub fn start_with_env(&mut self, vars: &[(&str, &Path)]) {
         let offset = self.offset.to_string();
         let config = self.config_dir();
         let args = [
@@ -209,7 +226,8 @@ impl Env {
             "--workers",
             "2",
         ];
-        self.tidegate = Some(Proc::start("tidegate", &args, &self.dir.path().join("logs")));
+        let logs = self.dir.path().join("logs");
+        self.tidegate = Some(Proc::start_program_with_env("tidegate", BIN, &args, vars, &logs));
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if http_get(&self.admin, "/ready").is_some_and(|(s, _)| s == 200) {
