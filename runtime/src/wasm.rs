@@ -98,7 +98,7 @@ mod services;
 
 pub use self::abi::metrics::{HISTOGRAM_BUCKETS, MetricKind, MetricSample, MetricValue, metrics_snapshot};
 pub use self::error::WasmError;
-pub use self::exchange::{BodyBuffer, HeaderList, HttpExchange, LocalReply, PropertyMap};
+pub use self::exchange::{BodyBuffer, ConnectionProperties, HeaderList, HttpExchange, LocalReply, PropertyMap};
 pub use self::instance::{FilterAction, FilterInstance, PeerType, StreamActions};
 pub use self::queue::{QueueReady, QueueWaker};
 pub use self::services::{CalloutRequest, CalloutResponse, HostServices, InstanceEnv};

@@ -583,7 +583,7 @@ impl Chain {
         let Some(scope) = &self.slots[s.flows[0].stages[k].slot].scope else {
             return true;
         };
-        let property = |name: &str| s.ex.properties.get(name).and_then(|v| std::str::from_utf8(v).ok());
+        let property = |name: &str| s.ex.property(name).and_then(|v| std::str::from_utf8(v).ok());
         let gateways = property("tidegate.gateways").unwrap_or_default();
         scope.applies(gateways, property("tidegate.route"), property("tidegate.cluster"))
     }

@@ -26,7 +26,7 @@ use super::chain::{Abort, Direction, Stream};
 use super::upstream::Upstreams;
 use super::worker::{Generation, Worker};
 use crate::snapshot::UpstreamProtocol;
-use crate::wasm::{HeaderList, HttpExchange};
+use crate::wasm::{ConnectionProperties, HeaderList, HttpExchange};
 
 /// The body of a downstream response (and of an upstream request).
 pub type ResponseBody = ProxyBody;
@@ -103,6 +103,38 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     /// The TLS session, on HTTPS ports.
     pub tls: Option<TlsInfo>,
+    /// What filters read of the connection, built once ([`ConnectionInfo::with_properties`]).
+    pub properties: std::sync::Arc<ConnectionProperties>,
+}
+
+impl ConnectionInfo {
+    /// Computes the properties filters read of the connection (call once the facts are
+    /// complete, after the TLS handshake), in Envoy's names and encodings: strings as bytes,
+    /// integers as 8-byte little-endian int64, booleans as one byte.
+    pub fn with_properties(mut self) -> Self {
+        let int = |n: i64| n.to_le_bytes().to_vec();
+        let mut entries = vec![
+            ("tidegate.listener_port", self.gateway_port.to_string().into_bytes()),
+            ("tidegate.gateways", self.gateways.clone().into_bytes()),
+            ("source.address", self.remote.to_string().into_bytes()),
+            ("source.port", int(self.remote.port().into())),
+            ("destination.address", self.local.to_string().into_bytes()),
+            ("destination.port", int(self.local.port().into())),
+            ("connection.id", int(self.id as i64)),
+            ("connection.mtls", vec![0u8]),
+        ];
+        if let Some(gateway) = &self.gateway {
+            entries.push(("tidegate.gateway", gateway.clone().into_bytes()));
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(name) = &tls.server_name {
+                entries.push(("connection.requested_server_name", name.clone().into_bytes()));
+            }
+            entries.push(("connection.tls_version", tls.version.as_bytes().to_vec()));
+        }
+        self.properties = std::sync::Arc::new(ConnectionProperties { entries });
+        self
+    }
 }
 
 /// What the TLS handshake settled.
@@ -550,32 +582,13 @@ fn exchange_for(parts: &hyper::http::request::Parts, info: &ConnectionInfo) -> H
         request_headers: headers,
         ..Default::default()
     };
-    ex.properties
-        .set("tidegate.listener_port", info.gateway_port.to_string());
-    ex.properties.set("tidegate.gateways", info.gateways.clone());
-    if let Some(gateway) = &info.gateway {
-        ex.properties.set("tidegate.gateway", gateway.clone());
-    }
-    // Envoy's attribute names and encodings: strings as bytes, integers as 8-byte little-endian
-    // int64, booleans as one byte, timestamps as int64 nanoseconds since the epoch.
-    let int = |n: i64| n.to_le_bytes().to_vec();
-    ex.properties.set("source.address", info.remote.to_string());
-    ex.properties.set("source.port", int(info.remote.port().into()));
-    ex.properties.set("destination.address", info.local.to_string());
-    ex.properties.set("destination.port", int(info.local.port().into()));
+    ex.connection = Some(info.properties.clone());
     ex.properties.set("request.protocol", version_name(parts.version));
+    // Envoy's encoding of timestamps: int64 nanoseconds since the epoch, little-endian.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    ex.properties.set("request.time", int(now));
-    ex.properties.set("connection.id", int(info.id as i64));
-    ex.properties.set("connection.mtls", vec![0u8]);
-    if let Some(tls) = &info.tls {
-        if let Some(name) = &tls.server_name {
-            ex.properties.set("connection.requested_server_name", name.clone());
-        }
-        ex.properties.set("connection.tls_version", tls.version);
-    }
+    ex.properties.set("request.time", now.to_le_bytes().to_vec());
     ex
 }
 

@@ -81,9 +81,10 @@ async fn serve_connection(
         remote,
         local,
         tls: None,
+        properties: Default::default(),
     };
     match plan.protocol {
-        PortProtocol::Http => serve_http(stream, Rc::new(info), worker).await,
+        PortProtocol::Http => serve_http(stream, Rc::new(info.with_properties()), worker).await,
         PortProtocol::Https => {
             let Some(config) = generation.published.tls.get(&(address, gateway_port)).cloned() else {
                 return;
@@ -105,7 +106,7 @@ async fn serve_connection(
                         tls: Some(tls_info),
                         ..info
                     };
-                    serve_http(tls, Rc::new(info), worker).await
+                    serve_http(tls, Rc::new(info.with_properties()), worker).await
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),

@@ -35,6 +35,30 @@ pub struct HttpExchange {
     /// Set by the proxy once the response headers went downstream: from then on a filter can no
     /// longer replace the response (`proxy_send_local_response` is refused).
     pub response_sent: bool,
+    /// Properties of the connection the request came on (`source.*`, `destination.*`,
+    /// `connection.*`, the Gateway), built once per connection and shared by its requests.
+    /// Read after [`properties`](Self::properties), which may shadow them.
+    pub connection: Option<std::sync::Arc<ConnectionProperties>>,
+}
+
+/// Properties of one connection: `(dotted path, value)` pairs in Envoy's encodings.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionProperties {
+    pub entries: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl HttpExchange {
+    /// The value of property `path` (dotted), set on the request or on its connection.
+    pub fn property(&self, path: &str) -> Option<&[u8]> {
+        self.properties.get(path).or_else(|| {
+            let connection = self.connection.as_deref()?;
+            connection
+                .entries
+                .iter()
+                .find(|(k, _)| *k == path)
+                .map(|(_, v)| v.as_slice())
+        })
+    }
 }
 
 /// Body bytes a filter sees and may change (`proxy_get_buffer_bytes` /

@@ -287,7 +287,9 @@ async fn harness(
                 remote: "127.0.0.1:1".parse().expect("addr"),
                 local: "127.0.0.1:80".parse().expect("addr"),
                 tls: None,
-            };
+                properties: Default::default(),
+            }
+            .with_properties();
             proxy(request, &info, generation, &upstreams).await
         }
     })

@@ -16,11 +16,12 @@
 //! | `request.size` | `content-length`, as an integer |
 //! | `cluster_name`, `route_name` | the cluster and route the router chose (`tidegate.cluster`, `tidegate.route`) |
 //!
-//! The proxy sets on every request (see `proxy::http`): `source.address`, `source.port`,
-//! `destination.address`, `destination.port`, `request.protocol`, `request.time` (int64
-//! nanoseconds), `connection.id`, `connection.mtls`, `connection.requested_server_name` and
-//! `connection.tls_version` (on HTTPS), `upstream.address` (once the request is sent on), and
-//! the `tidegate.*` properties of the route decision.
+//! Then in the connection's properties, built once per connection (see `proxy::listener`):
+//! `source.address`, `source.port`, `destination.address`, `destination.port`, `connection.id`,
+//! `connection.mtls`, `connection.requested_server_name` and `connection.tls_version` (on HTTPS),
+//! `tidegate.listener_port`, `tidegate.gateways`, `tidegate.gateway`. The proxy sets per request
+//! `request.protocol`, `request.time` (int64 nanoseconds) and `upstream.address` (once the
+//! request is sent on); filters set the `tidegate.*` properties of the route decision.
 //!
 //! Anything else is `NOT_FOUND` (never `UNIMPLEMENTED`: the Rust SDK panics on it). Request
 //! properties exist only inside an HTTP callback; in `proxy_on_configure` they are `NOT_FOUND`.
@@ -127,6 +128,11 @@ fn lookup<'a>(state: &'a HostState, raw: &[u8]) -> Result<Value<'a>, Status> {
     }
     let ex = state.exchange().ok_or(Status::NotFound)?;
     if let Some((_, value)) = ex.properties.iter().find(|(k, _)| path_eq(raw, k)) {
+        return Ok(Value::Bytes(value));
+    }
+    if let Some(connection) = ex.connection.as_deref()
+        && let Some((_, value)) = connection.entries.iter().find(|(k, _)| path_eq(raw, k))
+    {
         return Ok(Value::Bytes(value));
     }
     derived(ex, raw).ok_or(Status::NotFound)
