@@ -234,6 +234,17 @@ mod tests {
     }
 
     #[test]
+    fn replace_prefix_match_leaves_a_path_without_the_prefix_alone() {
+        // Only a path that starts with the matched prefix has it replaced; anything else (the
+        // decision never passes one, but the function must not cut at a foreign offset) is kept.
+        assert_eq!(
+            modify_path(b"/other/x?q", &prefix_mod("/new"), Some(b"/foo")),
+            b"/other/x?q"
+        );
+        assert_eq!(modify_path(b"/f", &prefix_mod("/new"), Some(b"/foo")), b"/f");
+    }
+
+    #[test]
     fn replace_full_path_keeps_query() {
         assert_eq!(
             modify_path(b"/full/path/original", &full_mod("/full-path-replacement"), None),

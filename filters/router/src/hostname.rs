@@ -194,6 +194,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_leading_star_label_is_a_wildcard() {
+        // `*foo.example.com` is not a wildcard (the `*` must be a whole label): it stays an exact
+        // name that no real host equals.
+        assert_eq!(p("*foo.example.com"), HostPattern::Exact("*foo.example.com".into()));
+        assert!(!p("*foo.example.com").matches("barfoo.example.com"));
+        assert_eq!(p("*"), HostPattern::Wildcard(String::new()));
+    }
+
+    #[test]
+    fn wildcard_never_matches_its_bare_suffix() {
+        // The wildcard label must cover at least one character: a host equal to the suffix
+        // (`.example.com`, or the empty host for a bare `*`) is not matched.
+        assert!(!p("*.example.com").matches(".example.com"));
+        assert!(!p("*").matches(""));
+        assert!(p("*").matches("a"));
+    }
+
+    #[test]
     fn normalize_strips_port_userinfo_and_case() {
         assert_eq!(normalize_host("Foo.Example.com:8080"), "foo.example.com");
         assert_eq!(normalize_host("127.0.0.1:80"), "127.0.0.1");

@@ -179,6 +179,19 @@ mod tests {
     }
 
     #[test]
+    fn percent_escapes_decode_in_either_case() {
+        // Every hex digit class, lower and upper case: `%aF` is 0xAF, `%Fa` is 0xFA.
+        assert_eq!(
+            percent_decode(b"%2f%2F%aF%Fa%09%00"),
+            [0x2F, 0x2F, 0xAF, 0xFA, 0x09, 0x00]
+        );
+        assert_eq!(
+            percent_decode(b"%ab%cd%ef%AB%CD%EF"),
+            [0xAB, 0xCD, 0xEF, 0xAB, 0xCD, 0xEF]
+        );
+    }
+
+    #[test]
     fn query_parsing_and_decoding() {
         assert_eq!(split_query(b"/p?a=1?b"), (&b"/p"[..], Some(&b"a=1?b"[..])));
         let q = query_params(b"a=1&b&&c=x%20y&%ZZ=%4");

@@ -87,6 +87,40 @@ mod tests {
     }
 
     #[test]
+    fn every_field_counts_in_the_instant() {
+        // Expected values from Python's datetime (an independent RFC 3339 implementation).
+        assert_eq!(parse_rfc3339("2024-03-01T12:34:56Z"), Some((1_709_296_496, 0)));
+        assert_eq!(parse_rfc3339("2024-03-01T12:34:56+05:30"), Some((1_709_276_696, 0)));
+        assert_eq!(parse_rfc3339("2024-03-01T12:34:56-01:00"), Some((1_709_300_096, 0)));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some((-1, 0)));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some((951_782_400, 0)));
+        // `t` or a space may separate date and time; the upper bounds are inclusive (a leap
+        // second is :60).
+        assert_eq!(parse_rfc3339("2024-03-01t12:34:56z"), Some((1_709_296_496, 0)));
+        assert_eq!(parse_rfc3339("2024-03-01 12:34:56Z"), Some((1_709_296_496, 0)));
+        assert_eq!(parse_rfc3339("2024-12-31T23:59:60Z"), Some((1_735_689_600, 0)));
+    }
+
+    #[test]
+    fn each_separator_and_range_is_checked_on_its_own() {
+        for s in [
+            "2024/03-01T12:34:56Z",
+            "2024-03/01T12:34:56Z",
+            "2024-03-01X12:34:56Z",
+            "2024-03-01T12-34:56Z",
+            "2024-03-01T12:34-56Z",
+            "2024-00-01T12:34:56Z",
+            "2024-03-00T12:34:56Z",
+            "2024-03-32T12:34:56Z",
+            "2024-03-01T24:34:56Z",
+            "2024-03-01T12:60:56Z",
+            "2024-03-01T12:34:61Z",
+        ] {
+            assert_eq!(parse_rfc3339(s), None, "{s}");
+        }
+    }
+
+    #[test]
     fn rejects_garbage_without_panicking() {
         for s in [
             "",

@@ -235,3 +235,28 @@ fn warnings_name_the_route_and_rule() {
     assert_eq!(warnings.len(), 4, "{warnings:?}");
     assert!(warnings.iter().all(|w| w.starts_with("route ns/r")), "{warnings:?}");
 }
+
+#[test]
+fn a_path_match_without_a_value_means_slash() {
+    // HTTPPathMatch.value defaults to `/`, for either type: an Exact match without a value
+    // matches the root only.
+    let path: crate::config::HttpPathMatch = serde_json::from_value(json!({"type": "Exact"})).expect("valid match");
+    assert_eq!(path.value, "/");
+    let t = table(
+        json!({"listeners": [{"gateway": "g/g", "name": "l", "port": 80, "protocol": "HTTP", "routes": [
+            {"namespace": "ns", "name": "root", "rules": [{"matches": [{"path": {"type": "Exact"}}], "backends": [{"cluster": "c"}]}]},
+        ]}]}),
+    );
+    assert_eq!(found(&t, &req(Some(80), "h", "/")).as_deref(), Some("ns/root/0"));
+    assert_eq!(found(&t, &req(Some(80), "h", "/x")), None);
+}
+
+#[test]
+fn age_partial_order_agrees_with_the_total_order() {
+    // Older first, and a route without a timestamp after every route with one, whichever of
+    // the two comparisons is used.
+    let (old, new, none) = (AgeKey(Some((1, 0))), AgeKey(Some((2, 0))), AgeKey(None));
+    assert!(old < new);
+    assert!(new < none);
+    assert_eq!(none.partial_cmp(&AgeKey(None)), Some(std::cmp::Ordering::Equal));
+}
