@@ -217,7 +217,14 @@ async fn serve_h2c(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = builder.serve_connection(TokioIo::new(stream), service).await;
 }
 
+/// One access-log line per request, at debug level (`TIDEGATE_LOG=tidegate::echo=debug`), so a
+/// test can tell which requests reached this backend without paying for it under load.
+fn log_request(req: &Request<Incoming>, peer: SocketAddr) {
+    tracing::debug!(target: "tidegate::echo", method = %req.method(), uri = %req.uri(), %peer, "request");
+}
+
 async fn handle_h2c(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Response<Body> {
+    log_request(&req, peer);
     let upgrade_h2c = req.headers().get(UPGRADE).is_some_and(|v| v.as_bytes() == b"h2c");
     if req.version() != Version::HTTP_2 && !upgrade_h2c {
         return text(StatusCode::BAD_REQUEST, "Expected h2c request");
@@ -226,6 +233,7 @@ async fn handle_h2c(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -
 }
 
 async fn handle_http(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Outcome {
+    log_request(&req, peer);
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
         return Outcome::Respond(text(
             StatusCode::BAD_REQUEST,

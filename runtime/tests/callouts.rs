@@ -141,13 +141,21 @@ fn authorization_through_an_http_callout_to_a_cluster() {
         assert_eq!(status, if i % 2 == 0 { 200 } else { 403 }, "request {i}");
     }
 
-    // The service does not answer in time: the filter gets a failed call and answers 503.
+    // The service does not answer in time: the filter gets a failed call and answers 503, no
+    // sooner than its 300 ms timeout (an instant failure is another bug) and well before the
+    // 2 s of the other filters or the 60 s default (a timeout ignored or taken from elsewhere).
     let started = Instant::now();
     let slow = curl(&["-H", "authorization: Bearer good-token", &env.url(80, "/slow")]);
+    let waited = started.elapsed();
     assert_eq!(slow.status, 503, "{}", slow.body);
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "the callout timeout applies"
+        slow.headers.to_ascii_lowercase().contains("x-auth: unavailable"),
+        "the filter answered, after a failed call: {}",
+        slow.headers
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1500),
+        "the callout's own 300 ms timeout applies, took {waited:?}"
     );
     // The service is down: a failed call, 503.
     let down = curl(&["-H", "authorization: Bearer good-token", &env.url(80, "/broken")]);
@@ -156,6 +164,27 @@ fn authorization_through_an_http_callout_to_a_cluster() {
 
     // Routes without the filter never wait for it.
     assert_eq!(curl(&[&env.url(80, "/")]).status, 200);
+
+    // The backend saw the allowed requests and none of the denied ones (its access log; the
+    // request to "/" above was answered, so everything before it has been logged).
+    let seen = env.requests_at("web-0");
+    let seen_target = |target: &str| seen.iter().filter(|r| r.split(' ').nth(1) == Some(target)).count();
+    assert_eq!(seen_target("/secure/a"), 1, "{seen:?}");
+    assert_eq!(seen_target("/secure/upload"), 1, "only the authorized upload: {seen:?}");
+    assert!(seen.contains(&"POST /secure/upload".to_string()), "{seen:?}");
+    for denied in ["/secure/b?x=1", "/secure"] {
+        assert_eq!(
+            seen_target(denied),
+            0,
+            "the denied {denied} reached the backend: {seen:?}"
+        );
+    }
+    for i in 0..24 {
+        let expected = usize::from(i % 2 == 0);
+        assert_eq!(seen_target(&format!("/secure/{i}")), expected, "request {i}: {seen:?}");
+    }
+    assert_eq!(seen_target("/slow"), 0, "{seen:?}");
+    assert_eq!(seen_target("/broken"), 0, "{seen:?}");
     assert_eq!(metric(&env, "tidegate_filter_failures_total{filter=\"ns/auth\"}"), 0.0);
     assert_eq!(http_get(&env.admin, "/healthz").map(|(s, _)| s), Some(200));
     drop(black_hole);

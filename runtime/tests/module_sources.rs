@@ -275,6 +275,18 @@ fn test_pki(dir: &Path) -> TestPki {
     }
 }
 
+/// The access log of the plain-HTTP module server (nginx's combined format).
+fn module_server_access_log(env: &Env) -> std::path::PathBuf {
+    env.dir.path().join("nginx").join("access.log")
+}
+
+/// How many `GET path` requests the plain-HTTP module server answered with `status`.
+fn module_server_answers(env: &Env, path: &str, status: u16) -> usize {
+    let log = std::fs::read_to_string(module_server_access_log(env)).unwrap_or_default();
+    let request = format!("\"GET {path} HTTP/1.1\" {status} ");
+    log.lines().filter(|l| l.contains(&request)).count()
+}
+
 /// nginx serving `root` as static files on `port`, and over TLS on `tls_port` (a certificate
 /// the proxy trusts) and `untrusted_port` (one it does not).
 fn start_module_server(env: &Env, port: u16, root: &Path, tls_port: u16, untrusted_port: u16, pki: &TestPki) -> Proc {
@@ -283,6 +295,7 @@ fn start_module_server(env: &Env, port: u16, root: &Path, tls_port: u16, untrust
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        access_log {access_log};
         location = /moved.wasm {{ return 302 /header-rewrite.wasm; }}
     }}
     server {{
@@ -299,6 +312,7 @@ fn start_module_server(env: &Env, port: u16, root: &Path, tls_port: u16, untrust
     }}
 "#,
         root = root.display(),
+        access_log = module_server_access_log(env).display(),
         cert = pki.cert.display(),
         key = pki.key.display(),
         untrusted_cert = pki.untrusted_cert.display(),
@@ -539,7 +553,12 @@ fn http_modules_are_fetched_in_the_background_and_failures_are_reported() {
         x_a(&env, "/web") == (200, Some("9".into()))
     });
     wait_resolved(&env, "from-http", "True", &[&sha], Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(1500));
+    // The refetch really happened and failed (the server's own log), more than once (backoff
+    // retries), and the module fetched before still answers.
+    env.eventually(Duration::from_secs(10), "the refetch is tried and retried", || {
+        module_server_answers(&env, "/header-rewrite.wasm", 404) >= 2
+    });
+    assert!(module_server_answers(&env, "/header-rewrite.wasm", 200) >= 1);
     assert_eq!(
         x_a(&env, "/web"),
         (200, Some("9".into())),

@@ -313,9 +313,25 @@ fn the_filter_tutorial_works_as_written() {
     assert_eq!(allowed.status, 200, "{}\n{}", allowed.head, allowed.body);
     assert_eq!(allowed.header("x-hello"), Some("tidegate"));
 
-    // A configuration the filter rejects does not apply; the previous one keeps serving.
+    // A configuration the filter rejects does not apply; the previous one keeps serving, and
+    // `tidegate status` says why (the tutorial's promise). Waiting for the status first proves
+    // the edit was processed, not merely not yet seen.
+    assert!(
+        filter_status(&admin).contains("Programmed=True"),
+        "before the rejected edit: {}",
+        filter_status(&admin)
+    );
     edit(&file, "value: tidegate, ", "");
-    std::thread::sleep(Duration::from_secs(2));
+    let began_waiting = Instant::now();
+    let mut line = filter_status(&admin);
+    while !line.contains("Programmed=False(StartFailed)") && began_waiting.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        line = filter_status(&admin);
+    }
+    assert!(
+        line.contains("Programmed=False(StartFailed)"),
+        "the WasmFilter's status does not say the configuration was refused: {line}"
+    );
     let kept = curl(&url, &["x-user: ann"]);
     assert_eq!(kept.status, 200, "{}\n{}", kept.head, kept.body);
     assert_eq!(
@@ -326,6 +342,22 @@ fn the_filter_tutorial_works_as_written() {
     assert_eq!(curl(&url, &[]).status, 403);
 
     eprintln!("tutorial: every step passed in {:.1?}", began.elapsed());
+}
+
+/// The WasmFilter's line of `tidegate status` (the command the tutorial tells authors to run).
+fn filter_status(admin: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["status", "--admin", admin])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tidegate status");
+    assert!(output.status.success(), "tidegate status: {output:?}");
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    table
+        .lines()
+        .find(|l| l.starts_with("WasmFilter "))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no WasmFilter in `tidegate status`:\n{table}"))
 }
 
 #[test]

@@ -1852,6 +1852,87 @@ fn callouts_queues_and_host_services_without_a_proxy_answer_spec_statuses() {
     assert!(!instance.is_broken());
 }
 
+/// Host services that know one upstream and no foreign function.
+struct OneUpstream;
+
+impl crate::wasm::services::HostServices for OneUpstream {
+    fn upstream(&self, upstream: &str) -> Option<std::sync::Arc<str>> {
+        (upstream == "outbound|80||auth.svc").then(|| "auth/auth:80".into())
+    }
+
+    fn foreign_function(&self, _name: &str, _args: &[u8]) -> Option<Result<Vec<u8>, ()>> {
+        None
+    }
+}
+
+#[test]
+fn a_callout_to_a_known_upstream_needs_method_path_and_authority() {
+    let map = |pairs: &[(&str, &str)]| {
+        let mut out = Vec::new();
+        let pairs: Vec<(String, Vec<u8>)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        codec::serialize_map(&pairs, &mut out);
+        out
+    };
+    let complete = [(":method", "GET"), (":path", "/check"), (":authority", "auth")];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("complete", map(&complete)),
+        ("no :method", map(&[(":path", "/check"), (":authority", "auth")])),
+        ("no :path", map(&[(":method", "GET"), (":authority", "auth")])),
+        ("no :authority", map(&[(":method", "GET"), (":path", "/check")])),
+        (
+            "empty :path",
+            map(&[(":method", "GET"), (":path", ""), (":authority", "auth")]),
+        ),
+        (
+            "empty :authority",
+            map(&[(":method", "GET"), (":path", "/check"), (":authority", "")]),
+        ),
+    ];
+    let mut w = Wat::new();
+    let upstream = w.s("outbound|80||auth.svc");
+    let unknown = w.s("outbound|80||nowhere.svc");
+    let mut calls = String::new();
+    for (i, (_, headers)) in cases.iter().enumerate() {
+        let headers = w.s(headers);
+        calls.push_str(&format!(
+            "    (call $rec (i32.const {i}) (call $http_call {upstream} {headers} (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 0x80)))\n"
+        ));
+    }
+    let complete_headers = w.s(map(&complete));
+    let n = cases.len();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+{calls}    (call $rec (i32.const {n}) (call $http_call {unknown} {complete_headers} (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 0x80)))
+    (i32.const 0))
+"#
+    );
+    let module = load("callout-headers", &w.module(&body));
+    let env = crate::wasm::services::InstanceEnv {
+        services: Some(std::sync::Arc::new(OneUpstream)),
+        queue_waker: None,
+    };
+    let mut instance =
+        FilterInstance::start_with(&module, b"", &SandboxLimits::default(), &env).unwrap_or_else(|e| panic!("{e}"));
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    instance.on_request_headers(ctx, &mut ex, true).unwrap();
+    let sent = instance.take_callouts();
+    instance.finish_http_context(ctx, &mut ex);
+    for (i, (what, _)) in cases.iter().enumerate() {
+        let expected = if i == 0 { OK } else { BAD_ARGUMENT };
+        assert_eq!(slot(&instance, i), expected, "a callout with {what}");
+    }
+    assert_eq!(slot(&instance, n), BAD_ARGUMENT, "an unknown upstream");
+    assert_eq!(sent.len(), 1, "only the complete call is queued: {sent:?}");
+    assert_eq!(&*sent[0].cluster, "auth/auth:80");
+    assert_eq!(sent[0].headers.get(":path"), Some(&b"/check"[..]));
+    assert_eq!(sent[0].timeout, Duration::from_millis(1000));
+}
+
 #[test]
 fn wasi_basics() {
     let mut w = Wat::new();
@@ -1983,27 +2064,107 @@ fn deadline_ticks_never_fire_early() {
 
 // === the standard filters ===
 
-#[test]
-fn the_standard_router_loads_and_accepts_an_empty_configuration() {
-    let module = load("router", crate::filters::ROUTER_WASM);
-    let mut instance =
-        FilterInstance::start(&module, b"{}", &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e}"));
-    let mut ex = request();
+/// Runs one request through `on_request_headers` of a started standard filter.
+fn decide(instance: &mut FilterInstance, ex: &mut HttpExchange) -> FilterAction {
     let ctx = instance.create_http_context().unwrap();
-    let action = instance.on_request_headers(ctx, &mut ex, true);
-    instance.finish_http_context(ctx, &mut ex);
-    // With no routes the router answers locally (404) or passes; it must not crash.
-    assert!(action.is_ok(), "{action:?}");
-    assert!(!instance.is_broken());
+    let action = instance.on_request_headers(ctx, ex, true);
+    instance.finish_http_context(ctx, ex);
+    action.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn property(ex: &HttpExchange, path: &str) -> Option<String> {
+    ex.property(path).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[test]
-fn the_standard_balancer_loads() {
+fn the_standard_router_answers_404_without_routes_and_routes_by_its_configuration() {
+    let module = load("router", crate::filters::ROUTER_WASM);
+    let mut empty = FilterInstance::start(&module, b"{}", &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut ex = request();
+    assert_eq!(
+        decide(&mut empty, &mut ex),
+        FilterAction::Pause,
+        "a local reply pauses the stream"
+    );
+    assert_eq!(ex.local_reply.as_ref().map(|r| r.status), Some(404));
+    assert_eq!(property(&ex, "tidegate.cluster"), None);
+
+    let config = br#"{"listeners": [{"gateway": "default/gw", "name": "http", "port": 8080, "protocol": "HTTP",
+        "routes": [{"namespace": "default", "name": "api",
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                       "backends": [{"cluster": "default/api:80"}]}]}]}]}"#;
+    let mut router =
+        FilterInstance::start(&module, config, &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut ex = request();
+    assert_eq!(decide(&mut router, &mut ex), FilterAction::Continue);
+    assert!(ex.local_reply.is_none(), "{:?}", ex.local_reply);
+    assert_eq!(property(&ex, "tidegate.cluster").as_deref(), Some("default/api:80"));
+    let mut other = request();
+    other.request_headers.set(":path", "/other");
+    assert_eq!(decide(&mut router, &mut other), FilterAction::Pause);
+    assert_eq!(other.local_reply.as_ref().map(|r| r.status), Some(404));
+    assert!(!router.is_broken() && !empty.is_broken());
+
+    match FilterInstance::start(&module, br#"{"listeners": 5}"#, &SandboxLimits::default()) {
+        Err(WasmError::ConfigureRejected { .. }) => {}
+        other => panic!(
+            "an invalid router configuration must be rejected, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
+#[test]
+fn the_standard_balancer_picks_round_robin_and_answers_503_without_endpoints() {
     let module = load("balancer", crate::filters::BALANCER_WASM);
-    match FilterInstance::start(&module, b"{}", &SandboxLimits::default()) {
-        Ok(instance) => assert!(!instance.is_broken()),
-        Err(WasmError::ConfigureRejected { .. }) => {} // its configuration contract may require fields
-        Err(e) => panic!("{e}"),
+    let config = br#"{"clusters": {
+        "default/api:80": {"endpoints": ["10.0.0.1:80", "10.0.0.2:80"]},
+        "default/empty:80": {"endpoints": []}}}"#;
+    let mut balancer =
+        FilterInstance::start(&module, config, &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+
+    let mut unrouted = request();
+    assert_eq!(
+        decide(&mut balancer, &mut unrouted),
+        FilterAction::Continue,
+        "nothing routed: untouched"
+    );
+    assert_eq!(property(&unrouted, "tidegate.endpoint"), None);
+    assert!(unrouted.local_reply.is_none());
+
+    let mut picked = Vec::new();
+    for _ in 0..4 {
+        let mut ex = request();
+        ex.properties.set("tidegate.cluster", "default/api:80");
+        assert_eq!(decide(&mut balancer, &mut ex), FilterAction::Continue);
+        assert!(ex.local_reply.is_none(), "{:?}", ex.local_reply);
+        picked.push(property(&ex, "tidegate.endpoint").expect("an endpoint is chosen"));
+    }
+    assert_ne!(picked[0], picked[1], "round robin alternates: {picked:?}");
+    assert_eq!(
+        (&picked[0], &picked[1]),
+        (&picked[2], &picked[3]),
+        "and goes round: {picked:?}"
+    );
+    let mut sorted = picked[..2].to_vec();
+    sorted.sort();
+    assert_eq!(sorted, ["10.0.0.1:80", "10.0.0.2:80"]);
+
+    for cluster in ["default/empty:80", "default/unknown:80"] {
+        let mut ex = request();
+        ex.properties.set("tidegate.cluster", cluster);
+        assert_eq!(decide(&mut balancer, &mut ex), FilterAction::Pause, "{cluster}");
+        assert_eq!(ex.local_reply.as_ref().map(|r| r.status), Some(503), "{cluster}");
+        assert_eq!(property(&ex, "tidegate.endpoint"), None, "{cluster}");
+    }
+    assert!(!balancer.is_broken());
+
+    match FilterInstance::start(&module, br#"{"clusters": []}"#, &SandboxLimits::default()) {
+        Err(WasmError::ConfigureRejected { .. }) => {}
+        other => panic!(
+            "an invalid balancer configuration must be rejected, got {:?}",
+            other.map(|_| ())
+        ),
     }
 }
 

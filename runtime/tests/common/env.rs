@@ -146,6 +146,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// The echo backends log every request they receive (see [`Env::requests_at`]).
+const ECHO_ACCESS_LOG: &str = "info,tidegate::echo=debug";
+
 pub struct Backend {
     pub pod: &'static str,
     pub http: u16,
@@ -163,8 +166,9 @@ impl Env {
             let (http, h2c) = (free_port(), free_port());
             let listen = format!("127.0.0.1:{http}");
             let h2c_listen = format!("127.0.0.1:{h2c}");
-            echoes.push(Proc::start(
+            echoes.push(Proc::start_program_with_env(
                 pod,
+                BIN,
                 &[
                     "echo",
                     "--listen",
@@ -176,6 +180,7 @@ impl Env {
                     "--pod",
                     pod,
                 ],
+                &[("TIDEGATE_LOG", Path::new(ECHO_ACCESS_LOG))],
                 &logs,
             ));
             ports.push(Backend { pod, http, h2c });
@@ -239,6 +244,28 @@ impl Env {
             "tidegate did not become ready:\n{}",
             self.tidegate.as_ref().map(|p| p.log()).unwrap_or_default()
         );
+    }
+
+    /// The request targets (`METHOD uri`) echo backend `pod` received so far, in order.
+    pub fn requests_at(&self, pod: &str) -> Vec<String> {
+        let echo = self
+            ._echoes
+            .iter()
+            .find(|p| p.name == pod)
+            .unwrap_or_else(|| panic!("no echo backend {pod}"));
+        echo.log()
+            .lines()
+            .filter(|line| line.contains("tidegate::echo") && line.contains(" request "))
+            .map(|line| {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                format!("{} {}", field("method="), field("uri="))
+            })
+            .collect()
     }
 
     pub fn url(&self, gateway_port: u16, path: &str) -> String {

@@ -327,7 +327,31 @@ fn compare_redirect(sent: &Sent, obs: &Observed, exp: &Expect, location: Option<
             got.path
         ));
     }
+    // The whole URL, where the case states it (the same fields, so a disagreement is a bug in
+    // either the case data or the field checks above).
+    if let Some(url) = &exp.redirect_location {
+        let expected = resolve_location(&sent.scheme, &sent.url_host, base_path, url)?;
+        if same_url(&expected) != same_url(&got) {
+            return Err(format!("expected redirect to {url:?}, got Location {location:?}"));
+        }
+    }
     Ok(())
+}
+
+/// A resolved URL as (scheme, host, port, path), with the scheme's default port written as none.
+fn same_url(url: &Resolved) -> (String, &str, &str, &str) {
+    let scheme = url.scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => "",
+    };
+    let port = if url.port == default_port {
+        ""
+    } else {
+        url.port.as_str()
+    };
+    (scheme, url.hostname.as_str(), port, url.path.as_str())
 }
 
 /// A `Location` resolved against the request URL, split like Go's `url.URL`.
@@ -727,6 +751,14 @@ mod tests {
         );
         assert!(compare(&s, &obs, &host_port, Some("https://example.com:8443/old")).is_err());
         assert!(compare(&s, &obs, &host_port, Some("http://example.org:8443/old")).is_err());
+
+        // The whole URL, where the case gives it; default ports are the same as none.
+        let mut with_url = exp.clone();
+        with_url.redirect_location = Some("http://127.0.0.1/new".into());
+        assert!(compare(&s, &obs, &with_url, Some("http://127.0.0.1:80/new")).is_ok());
+        with_url.redirect_location = Some("http://127.0.0.1/elsewhere".into());
+        let err = compare(&s, &obs, &with_url, Some("http://127.0.0.1/new")).expect_err("the URL differs");
+        assert!(err.contains("expected redirect to"), "{err}");
 
         // A redirect status without a redirect expectation passes.
         let plain = Expect {

@@ -164,12 +164,21 @@ pub async fn run_suite() -> Result<(Vec<CaseResult>, Vec<String>), String> {
             .collect()
     });
     if let Some(filter) = &filter {
-        for name in filter {
-            if !cases.iter().any(|c| &c.name == name) {
-                say(&format!(
-                    "warning: TIDEGATE_CONFORMANCE_CASES names unknown case {name}"
-                ));
-            }
+        // A misspelled name would otherwise run nothing and pass.
+        let unknown: Vec<&str> = filter
+            .iter()
+            .filter(|name| !cases.iter().any(|c| &&c.name == name))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "TIDEGATE_CONFORMANCE_CASES names unknown case(s) {} (case names are the file names in {} without .json)",
+                unknown.join(", "),
+                dir.display()
+            ));
+        }
+        if filter.is_empty() {
+            return Err("TIDEGATE_CONFORMANCE_CASES is set but names no case".to_string());
         }
     }
     let selected: Vec<&Case> = cases

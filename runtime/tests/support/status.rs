@@ -280,10 +280,10 @@ fn route_parent_condition(doc: &StatusDoc, route: &str, parent: &str, want: &Con
 }
 
 /// `status.parents` is empty, or has exactly one parent whose Accepted condition is False.
-/// A route absent from `/status` has an empty status.
+/// The route must be in `/status` (upstream reads it from the API server and fails when absent).
 fn route_has_no_accepted_parents(doc: &StatusDoc, route: &str) -> Result<(), String> {
     let Some(object) = doc.route(route) else {
-        return Ok(());
+        return Err(format!("route {route} is not in /status"));
     };
     let parents = object
         .status
@@ -302,10 +302,10 @@ fn route_has_no_accepted_parents(doc: &StatusDoc, route: &str) -> Result<(), Str
 }
 
 /// `status.listeners` is empty, or exactly one listener with attachedRoutes == 0.
-/// A Gateway absent from `/status` has an empty status.
+/// The Gateway must be in `/status` (upstream fails when it is absent).
 fn gateway_has_zero_attached_routes(doc: &StatusDoc, gw: &str) -> Result<(), String> {
     let Some(object) = doc.gateway(gw) else {
-        return Ok(());
+        return Err(format!("Gateway {gw} is not in /status"));
     };
     let listeners = object
         .status
@@ -437,7 +437,8 @@ mod tests {
     fn no_accepted_parents_and_zero_routes() {
         let c = check(json!({"check": "route_has_no_accepted_parents", "route": "infra/r"}));
         assert_eq!(evaluate(&c, &doc(json!([route(json!([]))])), &no_spec), Ok(()));
-        assert_eq!(evaluate(&c, &doc(json!([])), &no_spec), Ok(()));
+        let absent = evaluate(&c, &doc(json!([])), &no_spec).expect_err("a route missing from /status");
+        assert!(absent.contains("not in /status"), "{absent}");
         let rejected =
             json!([{"parentRef": {"name": "gw"}, "conditions": [cond("Accepted", "False", "NoMatchingParent")]}]);
         assert_eq!(evaluate(&c, &doc(json!([route(rejected)])), &no_spec), Ok(()));
@@ -449,5 +450,7 @@ mod tests {
         let mut gw = ready_gateway();
         gw["status"]["listeners"][0]["attachedRoutes"] = json!(0);
         assert_eq!(evaluate(&z, &doc(json!([gw])), &no_spec), Ok(()));
+        let absent = evaluate(&z, &doc(json!([])), &no_spec).expect_err("a Gateway missing from /status");
+        assert!(absent.contains("not in /status"), "{absent}");
     }
 }

@@ -42,19 +42,36 @@ fn a_trap_is_reported_and_the_vm_replaced() {
 
 #[test]
 fn the_call_timeout_applies() {
-    let limits = SandboxLimits {
-        call_timeout: Duration::from_millis(10),
-        ..SandboxLimits::default()
-    };
-    let mut host = Filter::from_bytes("spinner", module("(loop $spin (br $spin)) (i32.const 0)"))
-        .limits(limits)
-        .config("");
-    let error = host.try_request(Request::get("/")).expect_err("deadline");
-    assert!(matches!(error, Error::Filter(_)), "{error}");
-    assert!(
-        error.to_string().contains("spinner"),
-        "the error names the filter: {error}"
-    );
+    // Shorter and longer than the default (100 ms): each filter is stopped at its own limit, and
+    // never before it (a deadline that fell back to the default fails one of the two).
+    for timeout in [Duration::from_millis(10), Duration::from_millis(300)] {
+        assert_ne!(timeout, SandboxLimits::default().call_timeout);
+        let limits = SandboxLimits {
+            call_timeout: timeout,
+            ..SandboxLimits::default()
+        };
+        let mut host = Filter::from_bytes("spinner", module("(loop $spin (br $spin)) (i32.const 0)"))
+            .limits(limits)
+            .config("");
+        let started = std::time::Instant::now();
+        let error = host.try_request(Request::get("/")).expect_err("deadline");
+        let ran = started.elapsed();
+        match &error {
+            Error::Filter(WasmError::Deadline {
+                filter,
+                timeout: reported,
+            }) => {
+                assert_eq!(filter, "spinner", "the error names the filter: {error}");
+                assert_eq!(*reported, timeout, "{error}");
+            }
+            other => panic!("expected the {timeout:?} deadline, got: {other}"),
+        }
+        assert!(ran >= timeout, "stopped after {ran:?}, before its {timeout:?} limit");
+        assert!(
+            error.to_string().contains("spinner"),
+            "the error names the filter: {error}"
+        );
+    }
 }
 
 #[test]
