@@ -13,22 +13,24 @@
 //! More cases (failure policies, resets, local replies from body callbacks, length checks) run
 //! in-process against the request flow itself: `runtime/src/proxy/http/tests.rs`.
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
 #[path = "common/env.rs"]
 mod env;
+#[path = "common/upstream.rs"]
+mod upstream;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use hyper::{HeaderMap, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tidegate::wasm::{BodyBuffer, FilterAction, FilterInstance, HeaderList, HttpExchange, SandboxLimits, WasmRuntime};
 
 use env::{Env, gateway, http_get};
+use upstream::{Frames, Seen, Upstream, echo, frames, header_map};
 
 // === the body-rewrite filter through the wasm API ===
 
@@ -171,98 +173,6 @@ fn without_holding_headers_the_filter_drops_content_length() {
 
 // === the standard chain end to end (real binary) ===
 
-type Frames = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-fn frames(frames: Vec<Frame<Bytes>>) -> Frames {
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> = frames.into_iter().map(Ok).collect();
-    StreamBody::new(futures::stream::iter(frames))
-}
-
-fn header_map(pairs: &[(&'static str, &str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(*name, value.parse().expect("header value"));
-    }
-    map
-}
-
-/// The upstream: echoes the request body, says in headers what it received (`x-seen-*`), and
-/// with `x-want-trailers` ends the response with an `x-upstream` trailer.
-async fn echo(request: Request<Incoming>) -> Result<Response<Frames>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let (body, trailers) = match body.collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            (collected.to_bytes(), trailers)
-        }
-        Err(e) => (
-            Bytes::from(format!("upstream could not read the body: {e}")),
-            HeaderMap::new(),
-        ),
-    };
-    let mut seen: Vec<String> = trailers
-        .iter()
-        .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
-        .collect();
-    seen.sort();
-    let want_trailers = parts.headers.contains_key("x-want-trailers");
-    let mut list = vec![Frame::data(body.clone())];
-    if want_trailers {
-        list.push(Frame::trailers(header_map(&[("x-upstream", "done")])));
-    }
-    let mut response = Response::new(frames(list));
-    let headers = response.headers_mut();
-    let content_length = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none")
-        .to_string();
-    headers.insert("x-seen-content-length", content_length.parse().expect("value"));
-    headers.insert(
-        "x-seen-trailers",
-        if seen.is_empty() {
-            "none".to_string()
-        } else {
-            seen.join(";")
-        }
-        .parse()
-        .expect("value"),
-    );
-    if want_trailers {
-        headers.insert("trailer", "x-upstream".parse().expect("value"));
-    } else {
-        headers.insert("content-length", body.len().into());
-    }
-    Ok(response)
-}
-
-/// Starts the echo upstream (HTTP/1.1 and h2c on one port) on its own thread.
-fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("upstream runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
-
 struct Got {
     status: u16,
     headers: HeaderMap,
@@ -349,10 +259,11 @@ fn service(name: &str, app_protocol: &str, port: u16) -> String {
     )
 }
 
-/// tidegate in front of the in-test upstream: `/h1` over HTTP/1.1, `/h2c` over h2c; with
-/// `filter`, the `body-rewrite` module and a WasmFilter with that configuration are added.
-fn start(filter: Option<&str>) -> (Env, SocketAddr) {
-    let upstream = start_upstream();
+/// tidegate in front of the scripted upstream (the standard echo, with a content-length unless
+/// it sends trailers): `/h1` over HTTP/1.1, `/h2c` over h2c; with `filter`, the `body-rewrite`
+/// module and a WasmFilter with that configuration are added.
+fn start(filter: Option<&str>) -> (Env, Upstream, SocketAddr) {
+    let upstream = Upstream::start(|seen: &Seen| echo(seen).sized());
     let (mut env, _) = Env::new(&[]);
     env.write("gateway.yaml", &gateway(""));
     env.write("routes.yaml", routes());
@@ -374,7 +285,7 @@ fn start(filter: Option<&str>) -> (Env, SocketAddr) {
     }
     env.start();
     let proxy: SocketAddr = format!("127.0.0.1:{}", 80 + env.offset).parse().expect("addr");
-    (env, proxy)
+    (env, upstream, proxy)
 }
 
 fn client_runtime() -> tokio::runtime::Runtime {
@@ -387,7 +298,7 @@ fn client_runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
-    let (_env, proxy) = start(None);
+    let (_env, upstream, proxy) = start(None);
     client_runtime().block_on(async {
         // A large body in many frames, with a content-length, over HTTP/1.1 to HTTP/1.1.
         let chunk = Bytes::from((0..16 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
@@ -414,6 +325,12 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
             got.body.len()
         );
         assert_eq!(got.header("content-length"), total.to_string());
+        let seen = upstream.seen().pop().expect("the upstream got the request");
+        assert_eq!(seen.version, hyper::Version::HTTP_11);
+        assert!(
+            seen.body.as_ref().is_ok_and(|body| *body == expected),
+            "the upstream got the body intact"
+        );
 
         // Trailers both ways: HTTP/2 to h2c and to HTTP/1.1, chunked HTTP/1.1 to h2c. An
         // HTTP/1.1 hop carries only trailers announced in a `trailer` header (hyper's rule, and
@@ -437,6 +354,14 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
             assert_eq!(got.status, 200, "{case}");
             assert_eq!(got.body, Bytes::from_static(b"part one, part two"), "{case}");
             assert_eq!(got.header("x-seen-trailers"), "x-client=1", "{case}");
+            let seen = upstream.seen().pop().expect("the upstream got the request");
+            let version = if path == "/h2c" {
+                hyper::Version::HTTP_2
+            } else {
+                hyper::Version::HTTP_11
+            };
+            assert_eq!(seen.version, version, "{case}: the route's protocol upstream");
+            assert_eq!(seen.body, Ok(Bytes::from_static(b"part one, part two")), "{case}");
             let trailers = got.trailers.unwrap_or_else(|| panic!("{case}: no response trailers"));
             assert_eq!(
                 trailers.get("x-upstream").map(|v| v.as_bytes()),
@@ -449,7 +374,7 @@ fn the_standard_chain_streams_bodies_and_trailers_both_ways() {
 
 #[test]
 fn a_wasmfilter_rewrites_bodies_and_adds_trailers_end_to_end() {
-    let (env, proxy) = start(Some("to=good morning"));
+    let (env, upstream, proxy) = start(Some("to=good morning"));
     client_runtime().block_on(async {
         // HTTP/1.1: the filter holds the headers, rewrites, and creates a trailer, so the
         // request goes on chunked, announcing it.
@@ -469,6 +394,9 @@ fn a_wasmfilter_rewrites_bodies_and_adds_trailers_end_to_end() {
         assert_eq!(got.header("x-seen-content-length"), "none");
         assert_eq!(got.header("x-seen-trailers"), "x-body-rewrites=1");
         assert_eq!(got.body, Bytes::from_static(b"good morning world"));
+        let seen = upstream.seen().pop().expect("the upstream got the request");
+        assert_eq!(seen.body, Ok(Bytes::from_static(b"good morning world")));
+        assert_eq!(seen.trailer_list(), "x-body-rewrites=1");
 
         // HTTP/2 with trailers: the filter rewrites in its trailers callback and adds to them,
         // both ways.
@@ -495,6 +423,13 @@ fn a_wasmfilter_rewrites_bodies_and_adds_trailers_end_to_end() {
         let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
         let got = send(proxy, true, post(true, "/h2c", vec![chunk; 20], None, &[])).await;
         assert_eq!(got.status, 413, "{}", String::from_utf8_lossy(&got.body));
+        assert!(
+            upstream
+                .seen()
+                .iter()
+                .all(|seen| seen.body.as_ref().map_or(true, |b| b.len() < 1024 * 1024)),
+            "no body over the limit reached the upstream"
+        );
     });
     let (_, metrics) = http_get(&env.admin, "/metrics").expect("admin /metrics");
     assert!(

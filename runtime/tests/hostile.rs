@@ -15,11 +15,11 @@
 //! `wasmfilter.rs`.
 //!
 //! curl 7.88 cannot send request trailers and the echo backend sends no response trailers, so
-//! the two trailer callbacks are driven with a hyper HTTP/2 client through an in-test upstream
-//! that reports the trailers it received and sends trailers on request.
+//! the two trailer callbacks are driven with a hyper HTTP/2 client through the scripted test
+//! upstream (`common/upstream.rs`), which reports the trailers it received and sends trailers
+//! on request.
 
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,16 +28,17 @@ use std::time::Duration;
 
 #[path = "common/env.rs"]
 mod env;
+#[path = "common/upstream.rs"]
+mod upstream;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use hyper::{HeaderMap, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use env::{Backend, Env, copy_module, curl_statuses, gateway, http_get, route, service};
+use upstream::{Upstream, frames, header_map};
 
 // === configuration ===
 
@@ -226,91 +227,7 @@ fn get(url: &str, extra: &[&str]) -> Transfer {
     curl(&[&args]).remove(0)
 }
 
-// === the in-test upstream ===
-
-type Frames = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-fn frames(frames: Vec<Frame<Bytes>>) -> Frames {
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> = frames.into_iter().map(Ok).collect();
-    StreamBody::new(futures::stream::iter(frames))
-}
-
-fn header_map(pairs: &[(&'static str, &str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(*name, value.parse().expect("header value"));
-    }
-    map
-}
-
-/// Echoes the request body and says which request trailers it got (`x-seen-trailers`). With
-/// `x-want-trailers` it ends the response with the trailer `x-upstream: done`; with
-/// `x-body-after-ms: N` it sends the response headers at once and the body N ms later.
-async fn upstream(request: Request<Incoming>) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let (body, trailers) = match body.collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            (collected.to_bytes(), trailers)
-        }
-        Err(_) => (Bytes::from_static(b"(the request body failed)"), HeaderMap::new()),
-    };
-    let seen = trailers
-        .iter()
-        .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut list = vec![Frame::data(body)];
-    if parts.headers.contains_key("x-want-trailers") {
-        list.push(Frame::trailers(header_map(&[("x-upstream", "done")])));
-    }
-    let delay = parts
-        .headers
-        .get("x-body-after-ms")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .map(Duration::from_millis);
-    let body = match delay {
-        None => BodyExt::boxed(frames(list)),
-        Some(delay) => {
-            let later = futures::stream::once(async move {
-                tokio::time::sleep(delay).await;
-                futures::stream::iter(list.into_iter().map(Ok))
-            });
-            BodyExt::boxed(StreamBody::new(StreamExt::flatten(later)))
-        }
-    };
-    let mut response = Response::new(body);
-    let seen = if seen.is_empty() { "none".to_string() } else { seen };
-    response
-        .headers_mut()
-        .insert("x-seen-trailers", seen.parse().expect("header value"));
-    Ok(response)
-}
-
-/// Starts the upstream (HTTP/1.1 and h2c on one port) on its own thread.
-fn start_upstream() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("upstream runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(upstream))
-                        .await;
-                });
-            }
-        });
-    });
-    port
-}
+// === the HTTP/2 client ===
 
 /// What an HTTP/2 client got.
 #[derive(Debug)]
@@ -465,11 +382,14 @@ fn start_env(files: &[(&str, String)], extra_backend: Option<Backend>) -> (Env, 
 /// and trailers, response headers, body and trailers.
 #[test]
 fn a_loop_in_any_request_callback_fails_by_policy_and_the_vm_is_replaced() {
-    let upstream_port = start_upstream();
+    // The standard echo: it reports the request trailers it got (`x-seen-trailers`), sends
+    // trailers on request (`x-want-trailers`) and the body after the headers
+    // (`x-body-after-ms`).
+    let upstream = Upstream::echo();
     let upstream_backend = Backend {
         pod: "upstream-0",
-        http: upstream_port,
-        h2c: upstream_port,
+        http: upstream.port(),
+        h2c: upstream.port(),
     };
     let upstream_routes = [
         route("upstream-closed", "/upstream-closed", "upstream"),
