@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[path = "common/env.rs"]
 mod env;
@@ -91,13 +91,65 @@ fn log_lines(env: &Env, parts: &[&str]) -> usize {
         .count()
 }
 
-/// Waits until `value()` reaches `expected` (what the process does after a response, such as
-/// finishing contexts and logging, runs asynchronously), then requires it to be exactly that.
-fn settle(env: &Env, what: &str, expected: u64, value: impl Fn() -> u64) {
-    env.eventually(Duration::from_secs(5), &format!("{what} reaching {expected}"), || {
-        value() >= expected
-    });
-    assert_eq!(value(), expected, "{what}");
+/// A value of the process expected to settle at `expected`.
+struct Settles<'a> {
+    what: String,
+    expected: u64,
+    value: Box<dyn Fn() -> u64 + 'a>,
+}
+
+impl<'a> Settles<'a> {
+    fn new(what: String, expected: u64, value: impl Fn() -> u64 + 'a) -> Self {
+        Self {
+            what,
+            expected,
+            value: Box::new(value),
+        }
+    }
+}
+
+/// How long settled values must stay put, and how often they are read meanwhile.
+const QUIET: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Waits until every value reaches what it is expected to be (what the process does after a
+/// response, such as finishing contexts and logging, runs asynchronously), failing at once when
+/// one goes past it; then requires every one to stay exactly there for [`QUIET`], so that a
+/// late duplicate fails this case instead of slipping into the next case's baseline.
+fn settle(values: &[Settles<'_>]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut reached = true;
+        for v in values {
+            let now = (v.value)();
+            assert!(now <= v.expected, "{}: {now}, past the expected {}", v.what, v.expected);
+            reached &= now == v.expected;
+        }
+        if reached {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let state: Vec<String> = values
+                .iter()
+                .map(|v| format!("{}: {} of {}", v.what, (v.value)(), v.expected))
+                .collect();
+            panic!("not settled within 5 s: {}", state.join("; "));
+        }
+        std::thread::sleep(POLL);
+    }
+    let quiet = Instant::now() + QUIET;
+    while Instant::now() < quiet {
+        std::thread::sleep(POLL);
+        for v in values {
+            assert_eq!(
+                (v.value)(),
+                v.expected,
+                "{}: stays at {} once reached",
+                v.what,
+                v.expected
+            );
+        }
+    }
 }
 
 fn alive(env: &Env) {
@@ -325,29 +377,40 @@ fn before(env: &Env, filter: &str, message: &str) -> Before {
 /// One failure of `filter` was counted, logged with its name, the error (the deadline) and
 /// `message`, and its VM was replaced.
 fn failed_once(env: &Env, case: &str, filter: &str, message: &str, before: &Before) {
-    logged_and_replaced(env, case, filter, message, before);
-    settle(
-        env,
-        &format!("{case}: failures counted for ns/{filter}"),
+    let mut values = logged_and_replaced_values(env, case, filter, message, before);
+    values.push(Settles::new(
+        format!("{case}: failures counted for ns/{filter}"),
         before.failures + 1,
-        || failures(env, filter),
-    );
+        move || failures(env, filter),
+    ));
+    settle(&values);
 }
 
 fn logged_and_replaced(env: &Env, case: &str, filter: &str, message: &str, before: &Before) {
+    settle(&logged_and_replaced_values(env, case, filter, message, before));
+}
+
+fn logged_and_replaced_values<'a>(
+    env: &'a Env,
+    case: &str,
+    filter: &str,
+    message: &'a str,
+    before: &Before,
+) -> Vec<Settles<'a>> {
     let name = format!("ns/{filter}");
-    settle(
-        env,
-        &format!("{case}: log lines `{message}` for {name}"),
-        before.logged as u64 + 1,
-        || log_lines(env, &[message, &name, DEADLINE]) as u64,
-    );
-    settle(
-        env,
-        &format!("{case}: VMs of {name} replaced"),
-        before.replaced as u64 + 1,
-        || log_lines(env, &[REPLACED_LOG, &name]) as u64,
-    );
+    let replaced = name.clone();
+    vec![
+        Settles::new(
+            format!("{case}: log lines `{message}` for {name}"),
+            before.logged as u64 + 1,
+            move || log_lines(env, &[message, &name, DEADLINE]) as u64,
+        ),
+        Settles::new(
+            format!("{case}: VMs of {replaced} replaced"),
+            before.replaced as u64 + 1,
+            move || log_lines(env, &[REPLACED_LOG, &replaced]) as u64,
+        ),
+    ]
 }
 
 /// Another route and the admin server answer.
@@ -768,12 +831,11 @@ fn a_loop_when_a_vm_starts_holds_back_only_that_filter() {
                 &format!("{case}: the rest of the edit applies"),
                 || served(&format!("/{route_name}")).status == 200,
             );
-            settle(
-                &env,
-                &format!("{case}: failures counted once"),
+            settle(&[Settles::new(
+                format!("{case}: failures counted once"),
                 failures_before + 1,
                 || failures(&env, &filter),
-            );
+            )]);
             let lc = served("/lc");
             if policy == "FailClosed" {
                 assert_eq!(lc.status, 500, "{case}: nothing runs in its place: {}", lc.body);
