@@ -144,7 +144,8 @@ fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
         .expect("the test timed out");
 }
 
-/// The upstream's script: `/empty` answers 204 without a body; `/big/N` answers N bytes of `x`
+/// The upstream's script: `/empty` answers 204 without a body; `/reset` sends its headers and
+/// `partial`, then fails its body 100 ms later; `/big/N` answers N bytes of `x`
 /// in 16 KiB frames (with a content-length); anything else echoes the request body after
 /// `hello from upstream: ` and tells in headers what it received (`x-seen-*`), with a
 /// content-length unless it ends with trailers. `x-want-trailers` and `x-body-after-ms` work as
@@ -152,6 +153,9 @@ fn run<F: Future<Output = ()>>(test: impl FnOnce() -> F) {
 fn script(seen: &Seen) -> Reply {
     if seen.path() == "/empty" {
         return Reply::new(204);
+    }
+    if seen.path() == "/reset" {
+        return Reply::new(200).data("partial").wait(Duration::from_millis(100)).reset();
     }
     if let Some(n) = seen.path().strip_prefix("/big/") {
         let mut reply = Reply::new(200);
@@ -1077,9 +1081,16 @@ fn many_requests_reuse_the_filter_contexts_cleanly() {
                     .expect("response");
                 assert_eq!(got.status, 200, "{routing:?}");
             }
-            // Every context ended (done, log, delete) once its streams were over.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let open = h.generation.chain.open_contexts();
+            // Every context ends (done, log, delete) once its streams are over, which the
+            // connections' tasks finish after the client had its answer.
+            let mut open = h.generation.chain.open_contexts();
+            for _ in 0..100 {
+                if open == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                open = h.generation.chain.open_contexts();
+            }
             assert_eq!(open, 0, "{routing:?}: contexts leaked");
         }
     });
@@ -1143,6 +1154,26 @@ fn a_length_change_after_content_length_went_out_resets_instead_of_lying() {
                         "{case}: the chunked request went on, appended to: {seen:?}"
                     );
                 }
+            }
+        }
+    });
+}
+
+/// An upstream that fails in the middle of its body: the client, who had the headers and the
+/// data before the failure, sees its stream reset (HTTP/2: that stream only), whichever body
+/// path the response takes and whichever protocol the upstream speaks.
+#[test]
+fn an_upstream_failing_mid_body_resets_the_client_stream() {
+    run(|| async {
+        for routing in ROUTINGS {
+            for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
+                let h = routed(routing, vec![], protocol, None).await;
+                for h2 in [false, true] {
+                    let case = format!("{routing:?}: an {protocol:?} upstream failed mid-body");
+                    let headers = expect_reset(h.proxy, h2, get(h2, "/reset"), Started::Yes, &case).await;
+                    assert!(headers.is_some(), "{case}");
+                }
+                assert_eq!(h.failures("router"), 0, "{routing:?}: no filter failed");
             }
         }
     });
