@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
 use crate::admission::{Admission, FilterAdmission};
+use crate::capture::{Capture, CapturePlan};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
 use crate::metrics::Metrics;
@@ -29,10 +30,16 @@ pub struct RunOptions {
     pub address_pool: Option<crate::translate::AddressPool>,
     pub port_offset: u16,
     pub workers: usize,
+    /// `--capture`: install the node's capture and serve the transparent listener.
+    pub capture: Option<CapturePlan>,
 }
 
 /// Runs until `shutdown` completes.
 pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    if options.capture.is_some() {
+        // Before anything else, so a missing `nft` or missing privileges is the error shown.
+        Capture::preflight()?;
+    }
     let wasm = WasmRuntime::new().context("starting the WASM engine")?;
     let router = wasm
         .load("router", crate::filters::ROUTER_WASM)
@@ -69,6 +76,21 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         metrics: metrics.clone(),
     });
     tokio::spawn(admin::serve(admin_listener, state));
+    // The transparent listener is bound before the capture sends anything to it; the capture
+    // is removed when `capture` is dropped (on shutdown, or on an error return).
+    let mut capture = match &options.capture {
+        Some(plan) => {
+            let listeners = crate::proxy::tcp::bind_transparent(plan.port, options.workers).with_context(|| {
+                format!(
+                    "cannot bind the transparent listener on port {}; choose another with --capture-port",
+                    plan.port
+                )
+            })?;
+            crate::proxy::tcp::start(listeners, &publisher).context("starting the L4 threads")?;
+            Some(Capture::install(plan).context("installing the capture")?)
+        }
+        None => None,
+    };
 
     let mut source = DirSource::new(&options.config_dir);
     let translate_options = |now: String| TranslateOptions {
@@ -131,6 +153,9 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     tokio::select! {
         _ = watch => {}
         _ = shutdown => tracing::info!("shutting down"),
+    }
+    if let Some(capture) = capture.as_mut() {
+        capture.remove().context("removing the capture")?;
     }
     Ok(())
 }

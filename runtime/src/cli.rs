@@ -89,6 +89,16 @@ pub struct RunArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Install the node's transparent capture (an nftables table of tidegate's own, TPROXY and
+    /// policy routing; needs root) for the --pod-cidr networks, and remove it on exit.
+    #[arg(long, requires = "pod_cidr")]
+    pub capture: bool,
+    /// A pod network whose TCP is captured (with --capture; repeat for several).
+    #[arg(long = "pod-cidr", value_name = "CIDR", requires = "capture")]
+    pub pod_cidr: Vec<crate::capture::PodCidr>,
+    /// Port of the transparent listener that captured connections are sent to.
+    #[arg(long, value_name = "PORT", default_value_t = crate::capture::DEFAULT_PORT)]
+    pub capture_port: u16,
 }
 
 #[derive(Debug, clap::Args)]

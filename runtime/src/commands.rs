@@ -40,6 +40,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         address_pool: args.address_pool,
         port_offset: args.port_offset,
         workers,
+        capture: args.capture.then_some(crate::capture::CapturePlan {
+            pod_cidrs: args.pod_cidr,
+            port: args.capture_port,
+        }),
     };
     control_runtime()?.block_on(app::run(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

@@ -42,6 +42,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             address_pool: None,
             port_offset: 0,
             workers: 2,
+            capture: None,
         };
         tokio::spawn(print_when_ready(args.admin, args.listen_address, dir.clone()));
         app::run(options, crate::commands::shutdown_signal()).await

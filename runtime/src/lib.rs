@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -11,6 +11,7 @@ mod http;
 mod listener;
 mod published;
 pub(crate) mod services;
+pub mod tcp;
 mod tls;
 mod upstream;
 mod worker;

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub filters: Vec<crate::translate::wasmfilters::UserFilterPlan>,
     /// Pods by address, for the `tidegate.workload` host service.
     pub workloads: BTreeMap<IpAddr, Workload>,
+    /// The cluster behind each TCP Service port's virtual address (ClusterIP:port), for the
+    /// captured L4 path.
+    pub service_addresses: BTreeMap<SocketAddr, String>,
 }
 
 /// A pod as filters see it (`tidegate.workload`).

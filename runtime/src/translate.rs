@@ -11,7 +11,7 @@ mod tls;
 pub mod wasmfilters;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tidegate_balancer::config::{BalancerConfig, Cluster};
 use tidegate_router::config::RouterConfig;
@@ -76,11 +76,17 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
 
     // Every Service port is a cluster, not only route backends: filters send callouts to
     // Services (an authorization service) and may steer requests to any of them.
+    let mut service_addresses = BTreeMap::new();
     for object in store.of_kind("Service") {
         let Object::Service(service) = object else { continue };
         let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
         for port in &service.spec.ports {
-            clusters.cluster_for(namespace, &service.metadata.name, port.port);
+            let cluster = clusters.cluster_for(namespace, &service.metadata.name, port.port);
+            if port.protocol.as_deref().unwrap_or("TCP") == "TCP" {
+                for ip in cluster_ips(service) {
+                    service_addresses.insert(SocketAddr::new(ip, port.port), cluster.clone());
+                }
+            }
         }
     }
     let (balancer, cluster_plans) = clusters.resolve(store);
@@ -94,9 +100,24 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
             clusters: cluster_plans,
             filters,
             workloads: workloads(store),
+            service_addresses,
         },
         statuses,
     }
+}
+
+/// A Service's virtual IPs (`clusterIP` and `clusterIPs`); none for a headless one (`None`).
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let spec = &service.spec;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in spec.cluster_ip.iter().chain(&spec.cluster_ips) {
+        if let Ok(ip) = ip.parse::<IpAddr>()
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// Pods by each of their addresses.

@@ -1,0 +1,201 @@
+//! The capture's nftables ruleset, generated from the pod networks and the listener port. Pure:
+//! no I/O, so every rule is a unit test.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// tidegate's own nftables table (family and name), the only table it creates or deletes.
+pub const TABLE: &str = "ip tidegate";
+/// The packet mark that selects tidegate's routing table ("tg" in ASCII). Chosen apart from the
+/// marks kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00) use.
+pub const MARK: u32 = 0x7467;
+/// The routing table that delivers marked packets to local sockets.
+pub const ROUTE_TABLE: u32 = 7467;
+/// The transparent listener's port unless `--capture-port` says otherwise.
+pub const DEFAULT_PORT: u16 = 15001;
+
+/// A pod network (`--pod-cidr`): an IPv4 CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodCidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl PodCidr {
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+}
+
+impl FromStr for PodCidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a CIDR; write it as ADDRESS/PREFIX, e.g. 10.244.0.0/24"))?;
+        let network: Ipv4Addr = ip.parse().map_err(|_| {
+            if ip.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("`{s}`: IPv6 pod networks are not captured yet; give the IPv4 pod CIDR")
+            } else {
+                format!("`{ip}` in `{s}` is not an IPv4 address")
+            }
+        })?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("`{prefix}` in `{s}` is not a prefix length from 0 to 32"))?;
+        let cidr = Self { network, prefix };
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        if u32::from(network) & !mask != 0 {
+            let base = Ipv4Addr::from(u32::from(network) & mask);
+            return Err(format!("`{s}` has host bits set; did you mean {base}/{prefix}?"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for PodCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// What to capture and where to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturePlan {
+    pub pod_cidrs: Vec<PodCidr>,
+    /// The transparent listener's port.
+    pub port: u16,
+}
+
+impl CapturePlan {
+    /// The ruleset for `nft -f -`. It replaces tidegate's table atomically (creating an empty
+    /// one first, so the delete never fails), which makes installing idempotent and also removes
+    /// a table a crashed run left behind.
+    ///
+    /// In the prerouting hook, at mangle priority:
+    /// 1. packets for a local transparent socket (replies to tidegate's upstream sockets, which
+    ///    carry a pod's address, and the rest of captured connections) get the mark, so the
+    ///    policy route delivers them locally instead of forwarding them to the pod;
+    /// 2. new TCP from the pod networks, arriving on any interface but loopback, not yet marked
+    ///    and not addressed to the node itself, goes to the transparent listener.
+    ///
+    /// Connections tidegate opens leave through the output hook, so they are never captured.
+    pub fn ruleset(&self) -> String {
+        let sources = self
+            .pod_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "table {TABLE} {{}}\n\
+             delete table {TABLE}\n\
+             table {TABLE} {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+             \t\tmeta l4proto tcp socket transparent 1 meta mark set {MARK:#x} accept\n\
+             \t\tiifname != \"lo\" meta mark != {MARK:#x} ip saddr {{ {sources} }} fib daddr type != local \
+             meta l4proto tcp tproxy to :{port} meta mark set {MARK:#x} accept\n\
+             \t}}\n\
+             }}\n",
+            port = self.port,
+        )
+    }
+}
+
+/// The ruleset that removes tidegate's table whether or not it exists.
+pub fn removal_ruleset() -> String {
+    format!("table {TABLE} {{}}\ndelete table {TABLE}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> PodCidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_pod_cidrs() {
+        let c = cidr("10.244.1.0/24");
+        assert_eq!((c.network(), c.prefix()), (Ipv4Addr::new(10, 244, 1, 0), 24));
+        assert_eq!(c.to_string(), "10.244.1.0/24");
+        assert!(c.contains(Ipv4Addr::new(10, 244, 1, 255)));
+        assert!(!c.contains(Ipv4Addr::new(10, 244, 2, 0)));
+        assert!(cidr("0.0.0.0/0").contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(cidr("10.0.0.7/32").contains(Ipv4Addr::new(10, 0, 0, 7)));
+        assert!(!cidr("10.0.0.7/32").contains(Ipv4Addr::new(10, 0, 0, 6)));
+    }
+
+    #[test]
+    fn refuses_bad_cidrs_and_says_how_to_write_them() {
+        let err = |s: &str| s.parse::<PodCidr>().unwrap_err();
+        assert!(err("10.244.0.0").contains("ADDRESS/PREFIX"));
+        assert!(err("10.244.0.0/33").contains("prefix length"));
+        assert!(err("10.244.0.5/24").contains("did you mean 10.244.0.0/24"));
+        assert!(err("fd00::/64").contains("IPv6"));
+        assert!(err("pods/24").contains("not an IPv4 address"));
+    }
+
+    #[test]
+    fn ruleset_replaces_only_its_own_table() {
+        let plan = CapturePlan {
+            pod_cidrs: vec![cidr("10.244.0.0/24"), cidr("10.245.0.0/16")],
+            port: 15001,
+        };
+        let text = plan.ruleset();
+        assert!(text.starts_with("table ip tidegate {}\ndelete table ip tidegate\ntable ip tidegate {\n"));
+        // Every table statement names tidegate's table and no other.
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("table") || l.starts_with("delete"))
+        {
+            assert!(line.contains("ip tidegate"), "{line}");
+        }
+        assert!(!text.contains("flush ruleset"));
+        assert_eq!(removal_ruleset(), "table ip tidegate {}\ndelete table ip tidegate\n");
+    }
+
+    #[test]
+    fn ruleset_marks_transparent_sockets_then_tproxies_pod_tcp() {
+        let plan = CapturePlan {
+            pod_cidrs: vec![cidr("10.244.0.0/24"), cidr("10.245.0.0/16")],
+            port: 15011,
+        };
+        let text = plan.ruleset();
+        let rules: Vec<&str> = text.lines().map(str::trim).collect();
+        let socket = rules
+            .iter()
+            .position(|l| l.starts_with("meta l4proto tcp socket transparent 1 meta mark set 0x7467 accept"))
+            .expect("the transparent-socket rule");
+        let tproxy = rules
+            .iter()
+            .position(|l| l.contains("tproxy to :15011 meta mark set 0x7467 accept"))
+            .expect("the tproxy rule");
+        assert!(socket < tproxy, "replies must be delivered before anything is captured");
+        let capture = rules[tproxy];
+        assert!(
+            capture.contains("ip saddr { 10.244.0.0/24, 10.245.0.0/16 }"),
+            "{capture}"
+        );
+        assert!(capture.contains("iifname != \"lo\""), "{capture}");
+        assert!(capture.contains("meta mark != 0x7467"), "{capture}");
+        assert!(capture.contains("fib daddr type != local"), "{capture}");
+        assert!(capture.contains("meta l4proto tcp"), "{capture}");
+        assert!(text.contains("type filter hook prerouting priority mangle; policy accept;"));
+    }
+}
