@@ -1297,3 +1297,562 @@ fn header_map(list: &HeaderList) -> HeaderMap {
     }
     map
 }
+
+#[cfg(test)]
+mod tests {
+    //! Chain behaviour that mutation testing found unchecked (runtime/tests/MUTATION.md), driven
+    //! through the chain's own API with WAT guests; the request flow over real HTTP is tested in
+    //! `proxy::http::tests`.
+
+    use std::sync::LazyLock;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wasm::{HostServices, WasmRuntime};
+
+    static RUNTIME: LazyLock<WasmRuntime> = LazyLock::new(|| WasmRuntime::with_max_instances(20).expect("engine"));
+
+    /// The headers of a complete callout (`:method`, `:path`, `:authority`), serialized.
+    fn callout_headers() -> Vec<u8> {
+        let pairs = [(":method", "GET"), (":path", "/check"), (":authority", "auth")];
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend((name.len() as u32).to_le_bytes());
+            out.extend((value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend(name.as_bytes());
+            out.push(0);
+            out.extend(value.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    /// A WAT guest with a bump allocator; `$call_auth` makes a callout to `outbound|80||auth.svc`.
+    fn guest(name: &str, callbacks: &str, failure_policy: FailurePolicy) -> ChainFilter {
+        let headers = callout_headers();
+        let escaped: String = headers.iter().map(|b| format!("\\{b:02x}")).collect();
+        let text = format!(
+            r#"(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $set_tick (param i32) (result i32)))
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue_stream (param i32) (result i32)))
+  (import "env" "proxy_close_stream" (func $close_stream (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_effective_context (param i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $set_buffer (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 0x10000))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (data (i32.const 0x1000) "outbound|80||auth.svc")
+  (data (i32.const 0x1040) "BODY")
+  (data (i32.const 0x1100) "{escaped}")
+  (func $call_auth (result i32)
+    (call $http_call (i32.const 0x1000) (i32.const 21) (i32.const 0x1100) (i32.const {len})
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 0x80)))
+{callbacks}
+)"#,
+            len = headers.len()
+        );
+        let wasm = wat::parse_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        ChainFilter {
+            module: RUNTIME.load(name, &wasm).unwrap_or_else(|e| panic!("load {name}: {e}")),
+            config: Arc::from(&b""[..]),
+            limits: SandboxLimits::default(),
+            failure_policy,
+            scope: None,
+        }
+    }
+
+    /// Host services that know the `auth` upstream.
+    struct AuthUpstream;
+
+    impl HostServices for AuthUpstream {
+        fn upstream(&self, upstream: &str) -> Option<Arc<str>> {
+            (upstream == "outbound|80||auth.svc").then(|| "auth/auth:80".into())
+        }
+
+        fn foreign_function(&self, _name: &str, _args: &[u8]) -> Option<Result<Vec<u8>, ()>> {
+            None
+        }
+    }
+
+    /// A u32 the guest of slot `index` stored at `at`.
+    fn guest_u32(chain: &Chain, index: usize, at: usize) -> u32 {
+        let instance = chain.slots[index].instance.borrow();
+        let mem = instance.guest_memory();
+        u32::from_le_bytes(mem[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    #[test]
+    fn a_filter_that_cannot_start_is_left_out_when_fail_open_and_fails_the_chain_when_fail_closed() {
+        let refuses = r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0))"#;
+        let metrics = Arc::new(Metrics::new());
+        let chain = Chain::start(
+            &[guest("refuses-open", refuses, FailurePolicy::FailOpen)],
+            metrics.clone(),
+        )
+        .expect("a fail-open filter that cannot start is skipped");
+        assert_eq!(chain.slots.len(), 0);
+        let mut s = chain.stream(HttpExchange::default());
+        chain
+            .headers(&mut s, Direction::Request, true)
+            .expect("nothing in the way");
+        assert!(s.headers_out(Direction::Request));
+        assert!(
+            Chain::start(&[guest("refuses-closed", refuses, FailurePolicy::FailClosed)], metrics).is_err(),
+            "a fail-closed filter that cannot start fails the chain"
+        );
+    }
+
+    #[test]
+    fn ticks_are_delivered_when_due_and_the_next_deadline_is_reported() {
+        let ticking = r#"
+  (global $ticks (mut i32) (i32.const 0))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $set_tick (i32.const 100)))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (global.set $ticks (i32.add (global.get $ticks) (i32.const 1)))
+    (i32.store (i32.const 0x200) (global.get $ticks)))
+"#;
+        let metrics = Arc::new(Metrics::new());
+        let chain = Chain::start(
+            &[
+                guest("ticking", ticking, FailurePolicy::FailClosed),
+                guest("quiet", "", FailurePolicy::FailClosed),
+            ],
+            metrics.clone(),
+        )
+        .expect("chain starts");
+        let period = Duration::from_millis(100);
+        let t0 = Instant::now();
+        assert_eq!(chain.tick(t0), Some(t0 + period), "the first tick is a period away");
+        assert_eq!(chain.tick(t0 + period / 2), Some(t0 + period), "not due yet");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 0);
+        assert_eq!(chain.tick(t0 + period), Some(t0 + 2 * period), "due: delivered");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 1);
+
+        let quiet = Chain::start(&[guest("quiet-alone", "", FailurePolicy::FailClosed)], metrics).expect("starts");
+        assert_eq!(quiet.tick(t0), None, "no filter asked for ticks");
+    }
+
+    #[test]
+    fn trailers_pass_a_filter_that_continued_with_its_callout_in_flight() {
+        let checks = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 0x200) (call $call_auth))
+    (i32.const 0))
+"#;
+        let env = ChainEnv {
+            instance: InstanceEnv {
+                services: Some(Arc::new(AuthUpstream)),
+                queue_waker: None,
+            },
+            callouts: None,
+        };
+        let chain = Chain::start_with(
+            &[guest("checks", checks, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+            env,
+        )
+        .expect("chain starts");
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 0, "the callout was made");
+        assert_eq!(s.callouts.len(), 1);
+        assert!(s.headers_out(Direction::Request), "the filter continued");
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), false)
+            .expect("data");
+        chain
+            .trailers(&mut s, Direction::Request, HeaderList::from_pairs([("x-end", "1")]))
+            .expect("trailers");
+        assert!(
+            s.ended(Direction::Request),
+            "the filter holds nothing, so its callout holds nothing back"
+        );
+        chain.finish(&mut s);
+        assert_eq!(chain.open_contexts(), 0);
+    }
+
+    #[test]
+    fn a_filter_out_of_scope_is_passed_by() {
+        let marks = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 0x200) (i32.const 1))
+    (i32.const 0))
+"#;
+        let mut scoped = guest("scoped", marks, FailurePolicy::FailClosed);
+        scoped.scope = Some(Arc::new(FilterScope {
+            gateways: vec!["other/gw".into()],
+            routes: Vec::new(),
+            services: Vec::new(),
+            namespaces: Vec::new(),
+        }));
+        let chain = Chain::start(&[scoped], Arc::new(Metrics::new())).expect("chain starts");
+        let mut ex = HttpExchange::default();
+        ex.properties.set("tidegate.gateways", "ns/gw");
+        let mut s = chain.stream(ex);
+        chain.headers(&mut s, Direction::Request, true).expect("headers");
+        assert!(s.headers_out(Direction::Request));
+        assert_eq!(guest_u32(&chain, 0, 0x200), 0, "the filter did not run");
+        chain.finish(&mut s);
+
+        let mut ex = HttpExchange::default();
+        ex.properties.set("tidegate.gateways", "ns/gw,other/gw");
+        let mut s = chain.stream(ex);
+        chain.headers(&mut s, Direction::Request, true).expect("headers");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 1, "in scope: it ran");
+        chain.finish(&mut s);
+    }
+
+    #[test]
+    fn the_end_of_a_body_reaches_the_next_filter_as_the_end_not_as_trailers() {
+        let records = r#"
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 0x200) (i32.add (i32.const 1) (local.get 2)))
+    (i32.const 0))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+    (i32.store (i32.const 0x204) (i32.const 1))
+    (i32.const 0))
+"#;
+        let chain = Chain::start(
+            &[
+                guest("first", records, FailurePolicy::FailClosed),
+                guest("second", records, FailurePolicy::FailClosed),
+            ],
+            Arc::new(Metrics::new()),
+        )
+        .expect("chain starts");
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), true)
+            .expect("data");
+        for index in 0..2 {
+            assert_eq!(guest_u32(&chain, index, 0x200), 2, "filter {index} saw end_of_stream");
+            assert_eq!(guest_u32(&chain, index, 0x204), 0, "filter {index} got no trailers");
+        }
+        assert!(s.ended(Direction::Request));
+        chain.finish(&mut s);
+    }
+
+    #[test]
+    fn trailers_wait_at_a_filter_whose_callout_is_in_flight() {
+        // Holds the headers for its callout; its trailers callback continues, yet the trailers
+        // wait behind the held headers.
+        let holds = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $call_auth))
+    (i32.const 1))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+    (i32.const 0))
+"#;
+        // Continues its headers after the callout, then pauses on the trailers.
+        let pauses = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $call_auth))
+    (i32.const 0))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+    (i32.const 1))
+"#;
+        for (name, callbacks, headers_out) in [("holds", holds, false), ("pauses", pauses, true)] {
+            let env = ChainEnv {
+                instance: InstanceEnv {
+                    services: Some(Arc::new(AuthUpstream)),
+                    queue_waker: None,
+                },
+                callouts: None,
+            };
+            let chain = Chain::start_with(
+                &[guest(name, callbacks, FailurePolicy::FailClosed)],
+                Arc::new(Metrics::new()),
+                env,
+            )
+            .expect("chain starts");
+            let mut s = chain.stream(HttpExchange::default());
+            chain.headers(&mut s, Direction::Request, false).expect("headers");
+            assert_eq!(s.headers_out(Direction::Request), headers_out, "{name}");
+            chain
+                .trailers(&mut s, Direction::Request, HeaderList::from_pairs([("x-end", "1")]))
+                .expect("trailers");
+            assert!(!s.ended(Direction::Request), "{name}: the trailers wait");
+            let stage = &s.flows[0].stages[0];
+            assert!(stage.holds() && stage.trailers_pending, "{name}: the stage holds them");
+            // An answer that has not arrived yet: the poll registers for it and returns.
+            s.callouts[0].pending = Rc::new(PendingCallout::default());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(false), "{name}");
+            assert!(!s.ended(Direction::Request) && chain.waits_for_filters(&s), "{name}");
+            chain.finish(&mut s);
+        }
+    }
+
+    fn auth_env() -> ChainEnv {
+        ChainEnv {
+            instance: InstanceEnv {
+                services: Some(Arc::new(AuthUpstream)),
+                queue_waker: None,
+            },
+            callouts: None,
+        }
+    }
+
+    #[test]
+    fn a_callout_answer_resumes_what_the_filter_held() {
+        // Without a sender every callout fails at once: the answer (no headers) is delivered by
+        // the next poll, and the filter resumes the request from its callback.
+        let checks = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $call_auth))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (i32.store (i32.const 0x200) (i32.add (i32.const 1) (local.get 2)))
+    (drop (call $continue_stream (i32.const 0))))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+    (i32.store (i32.const 0x204) (i32.add (i32.const 1) (i32.load (i32.const 0x204))))
+    (i32.const 0))
+"#;
+        let chain = Chain::start_with(
+            &[guest("checks-then-resumes", checks, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+            auth_env(),
+        )
+        .expect("chain starts");
+        let mut cx = Context::from_waker(Waker::noop());
+
+        // Headers and body held while the callout is in flight.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        assert!(!s.headers_out(Direction::Request));
+        assert!(chain.waits_for_filters(&s), "a callout is in flight");
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), true)
+            .expect("data");
+        assert!(!s.ended(Direction::Request));
+        assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(true), "the answer was delivered");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 1, "a failed callout has no headers");
+        assert!(s.headers_out(Direction::Request) && s.ended(Direction::Request));
+        assert_eq!(s.complete_length(Direction::Request), Some(4));
+        let frame = s.pop_frame(Direction::Request).expect("the body");
+        assert_eq!(frame.into_data().ok().as_deref(), Some(&b"body"[..]));
+        assert!(!chain.waits_for_filters(&s));
+        chain.finish(&mut s);
+
+        // Headers that end the request, held and resumed: they go on with the end.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, true).expect("headers");
+        assert!(!s.headers_out(Direction::Request));
+        assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(true));
+        assert!(s.headers_out(Direction::Request) && s.ended(Direction::Request));
+        assert!(s.pop_frame(Direction::Request).is_none());
+        chain.finish(&mut s);
+
+        // Resumed before any body arrived: the headers go on, the stream does not end.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(true));
+        assert!(s.headers_out(Direction::Request));
+        assert!(!s.ended(Direction::Request), "the body is still to come");
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"later"), true)
+            .expect("data");
+        assert!(s.ended(Direction::Request));
+        chain.finish(&mut s);
+
+        // Trailers that reached it while it held the request follow the body, once.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), false)
+            .expect("data");
+        chain
+            .trailers(&mut s, Direction::Request, HeaderList::from_pairs([("x-end", "1")]))
+            .expect("trailers");
+        assert_eq!(guest_u32(&chain, 0, 0x204), 1, "the trailers callback ran");
+        assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(true));
+        assert!(s.ended(Direction::Request));
+        assert_eq!(guest_u32(&chain, 0, 0x204), 1, "and only once");
+        let frames: Vec<_> = std::iter::from_fn(|| s.pop_frame(Direction::Request)).collect();
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert!(frames[0].is_data() && frames[1].is_trailers(), "{frames:?}");
+        chain.finish(&mut s);
+        assert_eq!(chain.open_contexts(), 0);
+    }
+
+    #[test]
+    fn a_held_request_without_callouts_waits_for_input_not_for_filters() {
+        let pauses = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.const 1))
+"#;
+        let chain = Chain::start(
+            &[guest("pauses", pauses, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+        )
+        .expect("chain starts");
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        assert!(!s.headers_out(Direction::Request));
+        assert!(!chain.waits_for_filters(&s), "the body will release it");
+        chain.finish(&mut s);
+    }
+
+    #[test]
+    fn another_context_may_resume_or_reset_a_held_request() {
+        // The request context keeps its id at 0x300 and pauses; the tick resumes it (or resets
+        // its response) through proxy_set_effective_context.
+        let template = r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $set_tick (i32.const 10)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (i32.store (i32.const 0x300) (local.get 0))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $set_effective_context (i32.load (i32.const 0x300))))
+    (drop (ACTION)))
+"#;
+        for (name, action) in [
+            ("resumer", "call $continue_stream (i32.const 0)"),
+            ("resetter", "call $close_stream (i32.const 1)"),
+        ] {
+            let chain = Chain::start(
+                &[guest(
+                    name,
+                    &template.replace("ACTION", action),
+                    FailurePolicy::FailClosed,
+                )],
+                Arc::new(Metrics::new()),
+            )
+            .expect("chain starts");
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut s = chain.stream(HttpExchange::default());
+            chain.headers(&mut s, Direction::Request, false).expect("headers");
+            assert_eq!(chain.poll_events(&mut s, &mut cx), Ok(false), "{name}: nothing yet");
+            let now = Instant::now();
+            let due = chain.tick(now).expect("a tick is due later");
+            chain.tick(due);
+            let polled = chain.poll_events(&mut s, &mut cx);
+            if name == "resumer" {
+                assert_eq!(polled, Ok(true), "{name}");
+                assert!(s.headers_out(Direction::Request), "{name}: resumed");
+            } else {
+                assert_eq!(
+                    polled,
+                    Err(Abort::Reset {
+                        filter: name.to_string()
+                    }),
+                    "{name}"
+                );
+            }
+            chain.finish(&mut s);
+        }
+    }
+
+    #[test]
+    fn callouts_made_by_the_root_context_are_delivered_in_the_background() {
+        let configure = r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $call_auth))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (i32.store (i32.const 0x200) (i32.const 1)))
+"#;
+        let chain = Chain::start_with(
+            &[guest("root-caller", configure, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+            auth_env(),
+        )
+        .expect("chain starts");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(chain.poll_background(&mut cx), "the answer was delivered");
+        assert_eq!(guest_u32(&chain, 0, 0x200), 1);
+        assert!(!chain.poll_background(&mut cx), "nothing else in flight");
+        assert!(
+            !chain.on_queue_ready(QueueReady {
+                instance: u64::MAX,
+                queue: 1
+            }),
+            "a queue consumed by no VM of this chain"
+        );
+    }
+
+    #[test]
+    fn a_replaced_vm_does_not_finish_contexts_of_the_old_one() {
+        // Traps on headers that end the request; fine otherwise.
+        let crashy = r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (local.get 2) (then (unreachable)))
+    (i32.const 0))
+"#;
+        let chain = Chain::start(
+            &[guest("crashy", crashy, FailurePolicy::FailOpen)],
+            Arc::new(Metrics::new()),
+        )
+        .expect("chain starts");
+        let mut first = chain.stream(HttpExchange::default());
+        chain.headers(&mut first, Direction::Request, true).expect("fail open");
+        assert_eq!(chain.slots[0].incarnation.get(), 1, "the broken VM was replaced");
+        let mut second = chain.stream(HttpExchange::default());
+        chain.headers(&mut second, Direction::Request, false).expect("headers");
+        assert_eq!(chain.open_contexts(), 1);
+        // The first request's context belonged to the old VM: finishing it leaves the new
+        // VM's contexts (which may reuse its id) alone.
+        chain.finish(&mut first);
+        assert_eq!(chain.open_contexts(), 1, "the second request's context is still open");
+        chain.finish(&mut second);
+        assert_eq!(chain.open_contexts(), 0);
+    }
+
+    #[test]
+    fn a_changed_body_must_keep_the_declared_length() {
+        // Replaces every non-empty body frame with "BODY".
+        let uppercases = r#"
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+    (if (local.get 1)
+      (then (drop (call $set_buffer (i32.const 0) (i32.const 0) (local.get 1) (i32.const 0x1040) (i32.const 4)))))
+    (i32.const 0))
+"#;
+        let chain = Chain::start(
+            &[guest("uppercases", uppercases, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+        )
+        .expect("chain starts");
+
+        // Same length, told in advance: fine, up to and including the end.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        s.set_declared_length(Direction::Request, Some(4));
+        chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), false)
+            .expect("as long as declared");
+        assert!(s.modified(Direction::Request));
+        chain
+            .data(&mut s, Direction::Request, Bytes::new(), true)
+            .expect("the end at the declared length");
+        chain.finish(&mut s);
+
+        // Shorter than declared at the end: reset rather than send a wrong length.
+        let mut s = chain.stream(HttpExchange::default());
+        chain.headers(&mut s, Direction::Request, false).expect("headers");
+        s.set_declared_length(Direction::Request, Some(6));
+        let abort = chain
+            .data(&mut s, Direction::Request, Bytes::from_static(b"body"), true)
+            .expect_err("4 bytes where 6 were declared");
+        assert_eq!(
+            abort,
+            Abort::BodyLength {
+                filter: "uppercases".into(),
+                direction: Direction::Request
+            }
+        );
+        chain.finish(&mut s);
+    }
+}

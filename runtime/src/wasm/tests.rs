@@ -2267,3 +2267,275 @@ fn stream_contexts_see_and_rewrite_l4_data_both_ways() {
     assert_eq!(instance.open_contexts(), 0);
     assert!(!instance.is_broken());
 }
+
+// === Found by mutation testing (runtime/tests/MUTATION.md) ===
+
+/// [`Wat::module`] with imports [`IMPORTS`] leaves out.
+fn module_with_more_imports(w: &Wat, extra: &str, body: &str) -> Vec<u8> {
+    let wat = format!(
+        "(module\n{IMPORTS}\n{extra}\n  (memory (export \"memory\") {pages})\n{alloc}\n{HELPERS}\n{data}\n{body}\n)",
+        pages = w.pages,
+        alloc = w.allocator,
+        data = w.data
+    );
+    wat::parse_str(&wat).unwrap_or_else(|e| panic!("invalid test WAT: {e}\n{wat}"))
+}
+
+/// A little-endian u64 the guest stored at `at`.
+fn guest_u64_at(instance: &FilterInstance, at: usize) -> u64 {
+    let mem = instance.guest_memory();
+    u64::from_le_bytes(mem[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[test]
+fn grpc_streams_check_their_arguments_then_fail_as_unimplemented() {
+    let mut w = Wat::new();
+    let extra = r#"
+  (import "env" "proxy_grpc_stream" (func $grpc_stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_send" (func $grpc_send (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
+  (import "env" "proxy_grpc_close" (func $grpc_close (param i32) (result i32)))"#;
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $grpc_stream {s} {s} {s} (i32.const 0) (i32.const 0) (i32.const 0x80)))
+    (call $rec (i32.const 1) (call $grpc_stream {s} {s} {s} (i32.const 0) (i32.const 0) (i32.const -4)))
+    (call $rec (i32.const 2) (call $grpc_stream (i32.const -1) (i32.const 8) {s} {s} (i32.const 0) (i32.const 0) (i32.const 0x80)))
+    (call $rec (i32.const 3) (call $grpc_send (i32.const 1) {s} (i32.const 0)))
+    (call $rec (i32.const 4) (call $grpc_send (i32.const 1) (i32.const -1) (i32.const 8) (i32.const 0)))
+    (call $rec (i32.const 5) (call $grpc_cancel (i32.const 1)))
+    (call $rec (i32.const 6) (call $grpc_close (i32.const 1)))
+    (i32.const 0))
+"#,
+        s = w.s("svc"),
+    );
+    let mut instance = start("grpc-stream", &module_with_more_imports(&w, extra, &body), b"");
+    run_request(&mut instance, &mut request()).unwrap();
+    assert_eq!(slot(&instance, 0), INTERNAL_FAILURE, "gRPC streams are not implemented");
+    assert_eq!(
+        slot(&instance, 1),
+        INVALID_MEMORY_ACCESS,
+        "the token slot is checked first"
+    );
+    assert_eq!(slot(&instance, 2), INVALID_MEMORY_ACCESS, "so are the strings");
+    assert_eq!(slot(&instance, 3), NOT_FOUND, "no stream exists to send on");
+    assert_eq!(slot(&instance, 4), INVALID_MEMORY_ACCESS);
+    assert_eq!((slot(&instance, 5), slot(&instance, 6)), (NOT_FOUND, NOT_FOUND));
+    assert!(!instance.is_broken());
+}
+
+#[test]
+fn a_callout_answer_is_readable_headers_and_trailers_alike() {
+    let mut w = Wat::new();
+    let mut call_headers = Vec::new();
+    codec::serialize_map(
+        &[
+            (":method".into(), b"GET".to_vec()),
+            (":path".into(), b"/".to_vec()),
+            (":authority".into(), b"auth".to_vec()),
+        ],
+        &mut call_headers,
+    );
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $http_call {upstream} {call_headers} (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 0x80)))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (call $rec (i32.const 1) (call $get_header (i32.const 6) {status} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 2))
+    (call $rec (i32.const 4) (call $get_header (i32.const 7) {check} (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 5)))
+"#,
+        upstream = w.s("outbound|80||auth.svc"),
+        call_headers = w.s(&call_headers),
+        status = w.s(":status"),
+        check = w.s("x-check"),
+    );
+    let module = load("callout-answer", &w.module(&body));
+    let env = crate::wasm::services::InstanceEnv {
+        services: Some(std::sync::Arc::new(OneUpstream)),
+        queue_waker: None,
+    };
+    let mut instance =
+        FilterInstance::start_with(&module, b"", &SandboxLimits::default(), &env).unwrap_or_else(|e| panic!("{e}"));
+    let mut ex = request();
+    let ctx = instance.create_http_context().unwrap();
+    assert_eq!(
+        instance.on_request_headers(ctx, &mut ex, true).unwrap(),
+        FilterAction::Pause
+    );
+    assert_eq!(slot(&instance, 0), OK);
+    let sent = instance.take_callouts();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let answer = CalloutResponse {
+        headers: HeaderList::from_pairs([(":status", "200")]),
+        body: Vec::new(),
+        trailers: HeaderList::from_pairs([("x-check", "passed")]),
+    };
+    assert!(
+        instance
+            .on_http_call_response(ctx, sent[0].token, Some(answer), Some(&mut ex))
+            .unwrap()
+    );
+    assert_eq!(slot(&instance, 1), OK);
+    assert_eq!(kept(&instance, 2), b"200");
+    assert_eq!(
+        slot(&instance, 4),
+        OK,
+        "HTTP_CALL_RESPONSE_TRAILERS is readable in the callback"
+    );
+    assert_eq!(kept(&instance, 5), b"passed");
+    instance.finish_http_context(ctx, &mut ex);
+    assert_eq!(instance.open_contexts(), 0);
+}
+
+#[test]
+fn a_local_reply_body_may_be_exactly_the_limit() {
+    let max = crate::wasm::abi::local_reply::MAX_LOCAL_REPLY_BODY;
+    let mut w = Wat::new();
+    // The body is read from 0x20000; 20 pages leave room for the limit past it.
+    w.pages = 20;
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $send_local_response (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 0x20000) (i32.const {over}) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (call $rec (i32.const 1) (call $send_local_response (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 0x20000) (i32.const {max}) (i32.const 0) (i32.const 0) (i32.const -1)))
+    (i32.const 1))
+"#,
+        over = max + 1,
+    );
+    let mut instance = start("big-reply", &w.module(&body), b"");
+    let mut ex = request();
+    run_request(&mut instance, &mut ex).unwrap();
+    assert_eq!(slot(&instance, 0), BAD_ARGUMENT, "one byte over the limit");
+    assert_eq!(slot(&instance, 1), OK, "the limit itself is allowed");
+    assert_eq!(ex.local_reply.expect("reply recorded").body.len(), max);
+}
+
+#[test]
+fn the_wasi_monotonic_clock_advances() {
+    let w = Wat::new();
+    let body = r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 0x400)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 1) (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 0x408)))
+    (i32.const 0))
+"#;
+    let mut instance = start("monotonic", &w.module(body), b"");
+    std::thread::sleep(Duration::from_millis(5));
+    run_request(&mut instance, &mut request()).unwrap();
+    assert_eq!((slot(&instance, 0), slot(&instance, 1)), (0, 0));
+    let (first, second) = (guest_u64_at(&instance, 0x400), guest_u64_at(&instance, 0x408));
+    assert!(
+        second >= first + 5_000_000,
+        "monotonic {first} then {second} across a 5 ms sleep"
+    );
+}
+
+#[test]
+fn an_item_enqueued_on_a_registered_queue_is_dequeued_once() {
+    let mut w = Wat::new();
+    let extra = r#"
+  (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_resolve_shared_queue" (func $resolve_queue (param i32 i32 i32 i32 i32) (result i32)))"#;
+    let body = format!(
+        r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $register_queue {name} (i32.const 0x90)))
+    (call $rec (i32.const 1) (call $enqueue (i32.load (i32.const 0x90)) {item}))
+    (call $rec (i32.const 2) (call $dequeue (i32.load (i32.const 0x90)) (i32.const 0x80) (i32.const 0x84)))
+    (call $keep (i32.const 3))
+    (call $rec (i32.const 5) (call $dequeue (i32.load (i32.const 0x90)) (i32.const 0x80) (i32.const 0x84)))
+    (call $rec (i32.const 6) (call $resolve_queue (i32.const 0) (i32.const 0) {name} (i32.const 0x94)))
+    (call $rec (i32.const 7) (i32.eq (i32.load (i32.const 0x90)) (i32.load (i32.const 0x94))))
+    (call $rec (i32.const 8) (call $enqueue (i32.const 0x7fff0000) {item}))
+    (i32.const 1))
+"#,
+        name = w.s("mutation-tests-queue"),
+        item = w.s("item-1"),
+    );
+    let instance = start("queue-roundtrip", &module_with_more_imports(&w, extra, &body), b"");
+    assert_eq!(slot(&instance, 0), OK);
+    assert_eq!(slot(&instance, 1), OK, "enqueue on a registered queue");
+    assert_eq!(slot(&instance, 2), OK);
+    assert_eq!(kept(&instance, 3), b"item-1");
+    assert_eq!(slot(&instance, 5), EMPTY, "the item is taken once");
+    assert_eq!(
+        (slot(&instance, 6), slot(&instance, 7)),
+        (OK, 1),
+        "resolve finds the same queue"
+    );
+    assert_eq!(slot(&instance, 8), NOT_FOUND, "no such queue");
+}
+
+#[test]
+fn wasi_bounds_and_descriptors_in_detail() {
+    let max = crate::wasm::abi::wasi::MAX_RANDOM;
+    let mut w = Wat::new();
+    // random_get writes up to the limit at 0x20000: 4 pages hold it.
+    w.pages = 4;
+    let (ab_ptr, ab_len) = w.place(b"ab");
+    let (cde_ptr, cde_len) = w.place(b"cde");
+    let extra = r#"
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fd_fdstat_get (param i32 i32) (result i32)))"#;
+    let body = format!(
+        r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $random_get (i32.const 0x20000) (i32.const {max})))
+    (call $rec (i32.const 1) (call $random_get (i32.const 0x20000) (i32.const {over})))
+    ;; two iovecs of different lengths at 0x300
+    (i32.store (i32.const 0x300) (i32.const {ab_ptr}))
+    (i32.store (i32.const 0x304) (i32.const {ab_len}))
+    (i32.store (i32.const 0x308) (i32.const {cde_ptr}))
+    (i32.store (i32.const 0x30c) (i32.const {cde_len}))
+    (call $rec (i32.const 2) (call $fd_write (i32.const 2) (i32.const 0x300) (i32.const 2) (i32.const 0x90)))
+    (call $rec (i32.const 3) (i32.load (i32.const 0x90)))
+    (call $rec (i32.const 4) (call $fd_fdstat_get (i32.const 1) (i32.const 0x400)))
+    (call $rec (i32.const 5) (call $fd_fdstat_get (i32.const 0) (i32.const 0x420)))
+    (call $rec (i32.const 6) (call $fd_fdstat_get (i32.const 7) (i32.const 0x440)))
+    (call $rec (i32.const 7) (call $fd_fdstat_get (i32.const 1) (i32.const -8)))
+    (i32.const 1))
+"#,
+        over = max + 1,
+    );
+    let instance = start("wasi-detail", &module_with_more_imports(&w, extra, &body), b"");
+    assert_eq!(slot(&instance, 0), 0, "random_get of exactly the limit");
+    assert_eq!(slot(&instance, 1), WASI_INVAL, "one byte over it");
+    assert_eq!(
+        (slot(&instance, 2), slot(&instance, 3)),
+        (0, 5),
+        "both iovecs are counted"
+    );
+    assert_eq!(slot(&instance, 4), 0);
+    let mem = instance.guest_memory();
+    assert_eq!(mem[0x400], 2, "stdout is a character device");
+    assert_eq!(guest_u64_at(&instance, 0x408), 1 << 6, "writable");
+    assert_eq!(slot(&instance, 5), 0);
+    assert_eq!(guest_u64_at(&instance, 0x428), 1 << 1, "stdin is readable");
+    assert_eq!(slot(&instance, 6), WASI_BADF);
+    assert_eq!(slot(&instance, 7), WASI_FAULT);
+}
+
+#[test]
+fn shared_data_accounting_survives_overwrites() {
+    use crate::wasm::abi::shared_data::{MAX_BYTES_PER_VM, MAX_VALUE, set};
+    let vm: std::sync::Arc<str> = std::sync::Arc::from("mutation-tests-shared-data-accounting");
+    let value = vec![0u8; MAX_VALUE];
+    set(&vm, b"a", &value, 0).unwrap();
+    set(&vm, b"b", &value, 0).unwrap();
+    // Overwriting a value replaces its bytes in the VM's total; it neither adds nor loses any.
+    for _ in 0..3 {
+        set(&vm, b"a", &value, 0).unwrap();
+    }
+    // So exactly as many new 1 MiB entries fit as the true total leaves room for.
+    let room = (MAX_BYTES_PER_VM - 2 * (1 + MAX_VALUE)) / (3 + MAX_VALUE);
+    let mut stored = 0;
+    while set(&vm, format!("k{stored:02}").as_bytes(), &value, 0).is_ok() {
+        stored += 1;
+        assert!(stored <= room, "more fits than the limit allows");
+    }
+    assert_eq!(stored, room);
+}
