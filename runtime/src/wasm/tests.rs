@@ -2526,16 +2526,74 @@ fn shared_data_accounting_survives_overwrites() {
     let value = vec![0u8; MAX_VALUE];
     set(&vm, b"a", &value, 0).unwrap();
     set(&vm, b"b", &value, 0).unwrap();
+    set(&vm, b"s", b"1", 0).unwrap();
     // Overwriting a value replaces its bytes in the VM's total; it neither adds nor loses any.
     for _ in 0..3 {
         set(&vm, b"a", &value, 0).unwrap();
     }
     // So exactly as many new 1 MiB entries fit as the true total leaves room for.
-    let room = (MAX_BYTES_PER_VM - 2 * (1 + MAX_VALUE)) / (3 + MAX_VALUE);
+    let used = 2 * (1 + MAX_VALUE) + 2;
+    let room = (MAX_BYTES_PER_VM - used) / (3 + MAX_VALUE);
     let mut stored = 0;
     while set(&vm, format!("k{stored:02}").as_bytes(), &value, 0).is_ok() {
         stored += 1;
         assert!(stored <= room, "more fits than the limit allows");
     }
     assert_eq!(stored, room);
+    // An overwrite that would grow the total past the limit is refused too.
+    let left = MAX_BYTES_PER_VM - used - room * (3 + MAX_VALUE);
+    assert!(left < MAX_VALUE - 1, "the test needs less room left than the growth");
+    assert!(set(&vm, b"s", &value, 0).is_err());
+    assert_eq!(&*crate::wasm::abi::shared_data::get(&vm, b"s").expect("kept").0, b"1");
+}
+
+#[test]
+fn metric_names_and_local_reply_headers_may_reach_their_limits() {
+    use crate::wasm::abi::headers::MAX_HEADERS;
+    use crate::wasm::abi::metrics::{MAX_NAME, define};
+    let filter: std::sync::Arc<str> = std::sync::Arc::from("mutation-tests-metric-names");
+    assert!(define(&filter, MetricKind::Counter, &"m".repeat(MAX_NAME)).is_ok());
+    assert!(define(&filter, MetricKind::Counter, &"m".repeat(MAX_NAME + 1)).is_err());
+
+    let headers = |n: usize| {
+        let pairs: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("h{i}"), b"v".to_vec())).collect();
+        let mut out = Vec::new();
+        codec::serialize_map(&pairs, &mut out);
+        out
+    };
+    let mut w = Wat::new();
+    let body = format!(
+        r#"
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $send_local_response (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) {over} (i32.const -1)))
+    (call $rec (i32.const 1) (call $send_local_response (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) {max} (i32.const -1)))
+    (i32.const 1))
+"#,
+        over = w.s(headers(MAX_HEADERS + 1)),
+        max = w.s(headers(MAX_HEADERS)),
+    );
+    let mut instance = start("many-headers", &w.module(&body), b"");
+    let mut ex = request();
+    run_request(&mut instance, &mut ex).unwrap();
+    assert_eq!(slot(&instance, 0), BAD_ARGUMENT, "one header over the limit");
+    assert_eq!(slot(&instance, 1), OK, "the limit itself is allowed");
+    assert_eq!(ex.local_reply.expect("reply recorded").headers.len(), MAX_HEADERS);
+}
+
+#[test]
+fn the_log_level_filters_see_is_the_host_s() {
+    let w = Wat::new();
+    let body = r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $rec (i32.const 0) (call $get_log_level (i32.const 0x90)))
+    (call $rec (i32.const 1) (i32.load (i32.const 0x90)))
+    (i32.const 1))
+"#;
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::sink)
+        .finish();
+    let instance = tracing::subscriber::with_default(subscriber, || start("log-level", &w.module(body), b""));
+    assert_eq!(slot(&instance, 0), OK);
+    assert_eq!(slot(&instance, 1), 3, "WARN");
 }
