@@ -9,7 +9,7 @@
 //! admin server use free ports; and the Gateway's ports are shifted with `--port-offset`.
 
 use std::io::Read as _;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 #[path = "common/env.rs"]
 mod env;
 
-use env::{BIN, Proc, free_port};
+use env::{BIN, Proc, free_port, port_offset};
 const CHECKOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// `target/tutorial`: shared by runs, beside the workspace's own builds.
@@ -63,25 +63,6 @@ fn cargo(crate_dir: &Path, args: &[&str]) -> Command {
         command.env_remove(var);
     }
     command
-}
-
-fn port_free(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}
-
-/// A `--port-offset` that puts the quickstart's listeners (8080, 8443) on free ports.
-fn port_offset() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seed = u64::from(std::process::id()) ^ u64::from(nanos);
-    for attempt in 0..200u64 {
-        let offset = 20_000 + ((seed.wrapping_mul(2_654_435_761).wrapping_add(attempt * 7_919)) % 20_000) as u16;
-        if port_free(8080 + offset) && port_free(8443 + offset) {
-            return offset;
-        }
-    }
-    panic!("no port offset leaves 8080 and 8443 free");
 }
 
 /// A status line and headers from `curl -si`.
@@ -254,7 +235,8 @@ fn the_filter_tutorial_works_as_written() {
         &logs,
     );
     let admin = format!("127.0.0.1:{}", free_port());
-    let offset = port_offset();
+    // The quickstart's listeners (8080, 8443) on free ports.
+    let offset = port_offset(&[8080, 8443]);
     let _tidegate = Proc::start(
         "tidegate",
         &[

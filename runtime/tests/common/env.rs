@@ -77,6 +77,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `--port-offset` that puts every Gateway port in `ports` on a free loopback port below the
+/// kernel's ephemeral range (32768+): ports there are never handed to client connections or to
+/// `free_port`, so nothing can take them between this check and tidegate's bind, whereas an
+/// offset next to an ephemeral port collides with whatever connection the kernel places there.
+pub fn port_offset(ports: &[u16]) -> u16 {
+    const LOW: u32 = 10_000;
+    const EPHEMERAL: u32 = 32_768;
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let highest = u32::from(ports.iter().copied().max().unwrap_or(0));
+    let span = EPHEMERAL - LOW - highest;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Different processes and calls start at different places; then walk with a stride prime
+    // to the span so every offset is tried before one repeats.
+    let mut candidate = (std::process::id() ^ nanos ^ call.wrapping_mul(2_654_435_761)) % span;
+    for _ in 0..span.min(2_000) {
+        let offset = u16::try_from(LOW + candidate).expect("below 32768");
+        let free = ports
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", p + offset)).is_ok());
+        if free {
+            return offset;
+        }
+        candidate = (candidate + 7_919) % span;
+    }
+    panic!("no port offset leaves {ports:?} free below the ephemeral port range");
+}
+
 /// GET over plain HTTP/1.1 with std only (used for the admin server).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Write as _;
@@ -185,8 +215,8 @@ impl Env {
             ));
             ports.push(Backend { pod, http, h2c });
         }
-        // Port 80 of the Gateway is bound at 80 + offset.
-        let offset = free_port() - 80;
+        // Gateway port P is bound at P + offset (the tests' Gateways use 80 and 443).
+        let offset = port_offset(&[80, 443]);
         let env = Env {
             dir,
             admin: format!("127.0.0.1:{}", free_port()),
