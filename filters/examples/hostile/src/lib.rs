@@ -12,7 +12,8 @@
 //!   from that callback of this request (`loop-done` and `loop-log` run after the answer);
 //! - `arm-context-create`: the next `proxy_on_context_create` of this filter, in any of its VMs
 //!   (the flag is in shared data), never returns; the request that arms it passes;
-//! - `arm-tick`: likewise for the next `proxy_on_tick` (with `tick=<ms>` configured). VMs that
+//! - `arm-tick`: likewise for the next `proxy_on_tick` (with `tick=<ms>` configured), armed in
+//!   `on_log`, once the arming request has been answered. VMs that
 //!   start after that tick looped (its replacement) count their own ticks in a shared counter,
 //!   which responses report in `x-hostile-replacement-ticks`.
 //!
@@ -187,9 +188,6 @@ impl HttpContext for Stream {
             "arm-context-create" => {
                 let _ = self.set_shared_data(ARM_CONTEXT_CREATE, Some(b"armed"), None);
             }
-            "arm-tick" => {
-                let _ = self.set_shared_data(TICK_LOOP, Some(b"armed"), None);
-            }
             _ => {}
         }
         Action::Continue
@@ -236,6 +234,11 @@ impl HttpContext for Stream {
     fn on_log(&mut self) {
         if self.chose("loop-log") {
             spin();
+        }
+        // Armed only once this request has been answered: a tick that looped while the arming
+        // request was still in its VM would take the request down with the VM.
+        if self.chose("arm-tick") {
+            let _ = self.set_shared_data(TICK_LOOP, Some(b"armed"), None);
         }
     }
 }
