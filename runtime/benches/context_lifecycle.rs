@@ -321,6 +321,7 @@ fn standard_configs(work: &WorkDir) -> (Vec<u8>, Vec<u8>, String) {
             address_pool: None,
             config_dir: Some(dir.clone()),
             now: "2025-01-01T00:00:00Z".into(),
+            node_name: None,
         },
     );
     let snapshot = translation.snapshot;

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// `--capture`: install the node's capture and serve the transparent listener.
     pub capture: Option<CapturePlan>,
+    /// This node's name (endpoints with this `nodeName` are local).
+    pub node_name: Option<String>,
 }
 
 /// Runs until `shutdown` completes.
@@ -80,13 +82,19 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     // is removed when `capture` is dropped (on shutdown, or on an error return).
     let mut capture = match &options.capture {
         Some(plan) => {
-            let listeners = crate::proxy::tcp::bind_transparent(plan.port, options.workers).with_context(|| {
-                format!(
-                    "cannot bind the transparent listener on port {}; choose another with --capture-port",
-                    plan.port
-                )
-            })?;
-            crate::proxy::tcp::start(listeners, &publisher).context("starting the L4 threads")?;
+            let bind = |port: u16, flag: &str| {
+                crate::proxy::tcp::bind_transparent(port, options.workers).with_context(|| {
+                    format!("cannot bind the transparent listener on port {port}; choose another with {flag}")
+                })
+            };
+            let outbound = bind(plan.port, "--capture-port")?;
+            let inbound = bind(plan.inbound_port, "--capture-inbound-port")?;
+            crate::proxy::tcp::start(
+                crate::proxy::tcp::Listeners { outbound, inbound },
+                plan.pod_cidrs.clone(),
+                &publisher,
+            )
+            .context("starting the L4 threads")?;
             Some(Capture::install(plan).context("installing the capture")?)
         }
         None => None,
@@ -98,12 +106,14 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         address_pool: options.address_pool,
         config_dir: Some(options.config_dir.clone()),
         now,
+        node_name: options.node_name.clone(),
     };
     let mut modules = ModuleRegistry::new(wasm.clone());
     let mut admission = FilterAdmission::default();
     let mut current: Option<ObjectStore> = None;
     let mut version = 0u64;
     let mut previous_errors: Vec<ConfigError> = Vec::new();
+    let mut captured = CapturedFrontends::default();
     let watch = async {
         let mut interval = tokio::time::interval(POLL_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,6 +152,9 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
                 "configuration loaded"
             );
             metrics.config_loaded(version, &store.errors);
+            if let Some(capture) = capture.as_ref() {
+                captured.apply(capture, &snapshot);
+            }
             publisher.publish(Published::new(
                 snapshot,
                 user_filters,
@@ -158,6 +171,47 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         capture.remove().context("removing the capture")?;
     }
     Ok(())
+}
+
+/// The frontends the capture's sets hold, so they are rewritten only when they change.
+#[derive(Debug, Default)]
+struct CapturedFrontends {
+    services: Vec<std::net::SocketAddrV4>,
+    node_ports: Vec<u16>,
+}
+
+impl CapturedFrontends {
+    /// Puts `snapshot`'s Service frontends in the capture's sets. Pods' connections are
+    /// captured whatever the sets hold; the sets add clients outside the pod networks.
+    fn apply(&mut self, capture: &Capture, snapshot: &crate::snapshot::Snapshot) {
+        let services: Vec<std::net::SocketAddrV4> = snapshot
+            .services
+            .by_address
+            .keys()
+            .filter_map(|a| match a {
+                SocketAddr::V4(a) => Some(*a),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        let node_ports: Vec<u16> = snapshot.services.node_ports.keys().copied().collect();
+        if services == self.services && node_ports == self.node_ports {
+            return;
+        }
+        match capture.update_sets(&services, &node_ports) {
+            Ok(()) => {
+                tracing::debug!(
+                    services = services.len(),
+                    node_ports = node_ports.len(),
+                    "capture sets updated"
+                );
+                self.services = services;
+                self.node_ports = node_ports;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot update the capture's Service sets; traffic from outside the pod networks to new Services is not captured")
+            }
+        }
+    }
 }
 
 /// WasmFilter status: ResolvedRefs and Programmed say whether the module loaded.

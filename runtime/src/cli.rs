@@ -99,6 +99,14 @@ pub struct RunArgs {
     /// Port of the transparent listener that captured connections are sent to.
     #[arg(long, value_name = "PORT", default_value_t = crate::capture::DEFAULT_PORT)]
     pub capture_port: u16,
+    /// Port of the transparent listener for connections addressed to the node itself
+    /// (NodePorts).
+    #[arg(long, value_name = "PORT", default_value_t = crate::capture::DEFAULT_INBOUND_PORT)]
+    pub capture_inbound_port: u16,
+    /// This node's name, as EndpointSlices' `nodeName` gives it: endpoints on it are local
+    /// (traffic policies Local, trafficDistribution). Default: $NODE_NAME, else the host name.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

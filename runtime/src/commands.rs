@@ -43,10 +43,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         capture: args.capture.then_some(crate::capture::CapturePlan {
             pod_cidrs: args.pod_cidr,
             port: args.capture_port,
+            inbound_port: args.capture_inbound_port,
         }),
+        node_name: args.node_name.or_else(host_name),
     };
     control_runtime()?.block_on(app::run(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's host name (what the kubelet registers as the node name by default).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_lowercase())
+        .filter(|name| !name.is_empty())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -96,6 +106,7 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             address_pool: None,
             config_dir: Some(dir.to_path_buf()),
             now: app::rfc3339(std::time::SystemTime::now()),
+            node_name: None,
         },
     );
     let mut out = std::io::stdout().lock();

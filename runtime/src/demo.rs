@@ -43,6 +43,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             port_offset: 0,
             workers: 2,
             capture: None,
+            node_name: None,
         };
         tokio::spawn(print_when_ready(args.admin, args.listen_address, dir.clone()));
         app::run(options, crate::commands::shutdown_signal()).await

@@ -2,7 +2,7 @@
 //! and the clusters. Built by [`crate::translate`], swapped atomically, read once per
 //! connection and request (a request sees one snapshot from start to end).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,9 +29,52 @@ pub struct Snapshot {
     pub filters: Vec<crate::translate::wasmfilters::UserFilterPlan>,
     /// Pods by address, for the `tidegate.workload` host service.
     pub workloads: BTreeMap<IpAddr, Workload>,
-    /// The cluster behind each TCP Service port's virtual address (ClusterIP:port), for the
-    /// captured L4 path.
-    pub service_addresses: BTreeMap<SocketAddr, String>,
+    /// Service frontends for the captured L4 path.
+    pub services: ServiceTable,
+}
+
+/// Every TCP Service port's frontends, as kube-proxy serves them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServiceTable {
+    /// By virtual address: ClusterIPs, externalIPs and load-balancer IPs, with the port.
+    pub by_address: BTreeMap<SocketAddr, Arc<Frontend>>,
+    /// By node port (served on the node's own addresses).
+    pub node_ports: BTreeMap<u16, Arc<Frontend>>,
+    /// Every ClusterIP: a port no Service has on one is refused, as kube-proxy rejects it.
+    pub virtual_ips: BTreeSet<IpAddr>,
+}
+
+/// One way into a Service port, with the endpoints its traffic policies allow from this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    /// `namespace/name`.
+    pub service: String,
+    /// `namespace/name:port`.
+    pub cluster: String,
+    pub kind: FrontendKind,
+    /// For clients on this node's pod networks.
+    pub from_pods: Vec<L4Endpoint>,
+    /// For every other client (externalTrafficPolicy applies).
+    pub from_outside: Vec<L4Endpoint>,
+    /// `sessionAffinity: ClientIP`: how long a client stays on its endpoint after its last
+    /// connection.
+    pub affinity_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FrontendKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+/// An endpoint of the L4 path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct L4Endpoint {
+    pub addr: SocketAddr,
+    /// Runs on this node (its replies come back through this node whatever the client).
+    pub local: bool,
 }
 
 /// A pod as filters see it (`tidegate.workload`).

@@ -6,18 +6,19 @@
 mod addresses;
 mod gateways;
 mod routes;
+mod services;
 pub mod status;
 mod tls;
 pub mod wasmfilters;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use tidegate_balancer::config::{BalancerConfig, Cluster};
 use tidegate_router::config::RouterConfig;
 
 use crate::config::ObjectStore;
-use crate::config::objects::{Object, SERVICE_NAME_LABEL, Service};
+use crate::config::objects::{Object, Service};
 use crate::snapshot::{ClusterPlan, Snapshot, UpstreamProtocol, Workload};
 
 pub use self::addresses::AddressPool;
@@ -39,6 +40,9 @@ pub struct TranslateOptions {
     pub config_dir: Option<std::path::PathBuf>,
     /// RFC 3339 time stamped on conditions as `lastTransitionTime`.
     pub now: String,
+    /// This node's name (`--node-name`): endpoints with this `nodeName` are local, for the
+    /// Local traffic policies and `trafficDistribution`.
+    pub node_name: Option<String>,
 }
 
 /// The result of one translation.
@@ -76,20 +80,17 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
 
     // Every Service port is a cluster, not only route backends: filters send callouts to
     // Services (an authorization service) and may steer requests to any of them.
-    let mut service_addresses = BTreeMap::new();
     for object in store.of_kind("Service") {
         let Object::Service(service) = object else { continue };
         let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
         for port in &service.spec.ports {
-            let cluster = clusters.cluster_for(namespace, &service.metadata.name, port.port);
-            if port.protocol.as_deref().unwrap_or("TCP") == "TCP" {
-                for ip in cluster_ips(service) {
-                    service_addresses.insert(SocketAddr::new(ip, port.port), cluster.clone());
-                }
-            }
+            clusters.cluster_for(namespace, &service.metadata.name, port.port);
         }
     }
-    let (balancer, cluster_plans) = clusters.resolve(store);
+    let endpoints = services::EndpointIndex::new(store);
+    let here = services::Here::new(store, options.node_name.as_deref());
+    let service_table = services::service_table(store, &endpoints, &here);
+    let (balancer, cluster_plans) = clusters.resolve(store, &endpoints);
     let filters = wasmfilters::translate_wasm_filters(store, options, &mut statuses);
     Translation {
         snapshot: Snapshot {
@@ -100,24 +101,10 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
             clusters: cluster_plans,
             filters,
             workloads: workloads(store),
-            service_addresses,
+            services: service_table,
         },
         statuses,
     }
-}
-
-/// A Service's virtual IPs (`clusterIP` and `clusterIPs`); none for a headless one (`None`).
-fn cluster_ips(service: &Service) -> Vec<IpAddr> {
-    let spec = &service.spec;
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for ip in spec.cluster_ip.iter().chain(&spec.cluster_ips) {
-        if let Ok(ip) = ip.parse::<IpAddr>()
-            && !ips.contains(&ip)
-        {
-            ips.push(ip);
-        }
-    }
-    ips
 }
 
 /// Pods by each of their addresses.
@@ -157,14 +144,18 @@ impl ClusterRegistry {
         name
     }
 
-    fn resolve(self, store: &ObjectStore) -> (BalancerConfig, BTreeMap<String, ClusterPlan>) {
+    fn resolve(
+        self,
+        store: &ObjectStore,
+        endpoints: &services::EndpointIndex,
+    ) -> (BalancerConfig, BTreeMap<String, ClusterPlan>) {
         let mut balancer = BalancerConfig::default();
         let mut plans = BTreeMap::new();
         for (name, (namespace, service_name, port)) in self.wanted {
             let Some(Object::Service(service)) = store.get("Service", &namespace, &service_name) else {
                 continue;
             };
-            let plan = cluster_plan(store, service, &namespace, port);
+            let plan = cluster_plan(endpoints, service, &namespace, port);
             balancer.clusters.insert(
                 name.clone(),
                 Cluster {
@@ -178,48 +169,20 @@ impl ClusterRegistry {
     }
 }
 
-/// Endpoints of one Service port, from the EndpointSlices labelled with the Service's name.
-/// A slice port is matched to the Service port by name (Kubernetes semantics), which also lets
-/// every endpoint of a slice listen on its own port.
-fn cluster_plan(store: &ObjectStore, service: &Service, namespace: &str, port: u16) -> ClusterPlan {
+/// Endpoints of one Service port: the ready ones, or the serving-terminating ones when none is
+/// ready (see [`services`]).
+fn cluster_plan(endpoints: &services::EndpointIndex, service: &Service, namespace: &str, port: u16) -> ClusterPlan {
     let service_port = service.spec.ports.iter().find(|p| p.port == port);
-    let port_name = service_port.and_then(|p| p.name.clone()).unwrap_or_default();
+    let port_name = service_port.and_then(|p| p.name.as_deref()).unwrap_or_default();
     let protocol = match service_port.and_then(|p| p.app_protocol.as_deref()) {
         Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
         _ => UpstreamProtocol::Http1,
     };
-    let mut endpoints = Vec::new();
-    for object in store.of_kind("EndpointSlice") {
-        let Object::EndpointSlice(slice) = object else { continue };
-        if slice.metadata.namespace.as_deref().unwrap_or("default") != namespace
-            || slice.metadata.labels.get(SERVICE_NAME_LABEL) != Some(&service.metadata.name)
-        {
-            continue;
-        }
-        let Some(target) = slice
-            .ports
-            .iter()
-            .find(|p| p.name.clone().unwrap_or_default() == port_name)
-            .and_then(|p| p.port)
-        else {
-            continue;
-        };
-        for endpoint in &slice.endpoints {
-            // Kubernetes: a nil `ready` means ready.
-            if endpoint.conditions.ready == Some(false) {
-                continue;
-            }
-            for address in &endpoint.addresses {
-                if let Ok(ip) = address.parse::<std::net::IpAddr>() {
-                    let addr = std::net::SocketAddr::new(ip, target);
-                    if !endpoints.contains(&addr) {
-                        endpoints.push(addr);
-                    }
-                }
-            }
-        }
+    let candidates = endpoints.candidates(namespace, &service.metadata.name, port_name);
+    ClusterPlan {
+        protocol,
+        endpoints: services::usable(&candidates).iter().map(|c| c.addr).collect(),
     }
-    ClusterPlan { protocol, endpoints }
 }
 
 #[cfg(test)]

@@ -8,13 +8,12 @@
 #[path = "common/lab.rs"]
 mod lab;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lab::{BIN, Lab, Proc};
+use lab::{BIN, Curl, Lab, Proc};
 
 const CLUSTER_IP: &str = "10.96.71.10";
 const EMPTY_CLUSTER_IP: &str = "10.96.71.11";
-const STARTUP: Duration = Duration::from_secs(30);
 
 /// The Service with the echo pod as its endpoint (and, when given, a pod where nothing
 /// listens, which refuses), and a Service with no endpoint at all.
@@ -50,79 +49,18 @@ spec:
 
 /// The echo backend in pod 1, listening on its pod address.
 fn start_echo(lab: &Lab) -> Proc {
-    let pod = &lab.pods[1];
-    let echo = lab.spawn(
-        &pod.netns,
-        "echo",
-        &[],
-        &[BIN, "echo", "--listen", &format!("{}:8080", pod.ip)],
-    );
-    echo.wait_for_log("listening on port 8080", STARTUP);
-    echo
+    lab.echo(&lab.pods[1], 8080, "echo")
 }
 
 /// tidegate with the capture, in the node namespace; returns once the configuration is served.
 fn start_tidegate(lab: &Lab, log: &str) -> Proc {
-    let config = lab.path("config");
-    std::fs::create_dir_all(&config).expect("config dir");
     let refusing = lab.pods.get(2).map(|p| p.ip.as_str());
-    std::fs::write(config.join("services.yaml"), services(&lab.pods[1].ip, refusing)).expect("write services");
-    let tidegate = lab.spawn(
-        &lab.node,
-        log,
-        &["TIDEGATE_LOG=info,tidegate::proxy::tcp=debug"],
-        &[
-            BIN,
-            "run",
-            "--config-dir",
-            config.to_str().expect("utf-8 path"),
-            "--capture",
-            "--pod-cidr",
-            &lab.pod_cidr,
-            "--admin",
-            "127.0.0.1:15000",
-            "--workers",
-            "1",
-        ],
-    );
-    tidegate.wait_for_log("configuration loaded", STARTUP);
-    tidegate
+    lab.tidegate(log, &[("services.yaml", services(&lab.pods[1].ip, refusing))], &[])
 }
 
-/// curl in the client pod (pod 0): (exit code, stdout, stderr, time taken).
-fn curl(lab: &Lab, url: &str) -> (i32, String, String, Duration) {
-    let start = Instant::now();
-    let output = lab.exec(
-        &lab.pods[0].netns,
-        &["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url],
-    );
-    (
-        output.status.code().unwrap_or(-1),
-        lab::stdout(&output),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        start.elapsed(),
-    )
-}
-
-/// The client address the echo backend logged for each request (`... to client (IP:PORT)`).
-fn clients_seen(echo: &Proc) -> Vec<String> {
-    echo.log()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("to client (")
-                .map(|(_, rest)| rest.trim_end_matches(')').to_string())
-        })
-        .filter_map(|addr| addr.rsplit_once(':').map(|(ip, _)| ip.to_string()))
-        .collect()
-}
-
-/// A reset: curl sees it as a refused connect (7) or as a reset after connecting (56),
-/// depending on whether the RST beats its connect() returning.
-fn assert_refused(code: i32, err: &str) {
-    assert!(
-        (code == 7 && err.contains("Couldn't connect")) || (code == 56 && err.contains("reset")),
-        "expected a reset (curl 7 or 56), got {code}: {err}"
-    );
+/// curl in the client pod (pod 0).
+fn curl(lab: &Lab, url: &str) -> Curl {
+    lab.curl(&lab.pods[0].netns, url)
 }
 
 fn assert_capture_gone(lab: &Lab) {
@@ -159,11 +97,10 @@ fn cluster_ip_tcp_reaches_an_endpoint_with_the_client_address_kept() {
     );
 
     // ClusterIP → the ready endpoint; the backend sees the client pod, not the node.
-    let (code, out, err, _) = curl(&lab, &format!("http://{CLUSTER_IP}/"));
-    assert_eq!(code, 0, "curl to the ClusterIP failed: {err}");
-    assert!(out.ends_with("\n200"), "{out}");
-    assert!(out.contains("\"host\": \"10.96.71.10\""), "{out}");
-    assert_eq!(clients_seen(&echo), vec![client_ip.clone()]);
+    let first = curl(&lab, &format!("http://{CLUSTER_IP}/"));
+    assert_eq!(first.echoed_by(), "echo");
+    assert!(first.out.contains("\"host\": \"10.96.71.10\""), "{first:?}");
+    assert_eq!(echo.clients_seen(), vec![client_ip.clone()]);
     assert!(
         tidegate
             .log()
@@ -175,11 +112,9 @@ fn cluster_ip_tcp_reaches_an_endpoint_with_the_client_address_kept() {
     // An endpoint that refuses is skipped: whichever endpoint round robin starts with, every
     // connection reaches the echo pod.
     for _ in 0..3 {
-        let (code, out, err, _) = curl(&lab, &format!("http://{CLUSTER_IP}/"));
-        assert_eq!(code, 0, "curl to the ClusterIP failed: {err}");
-        assert!(out.ends_with("\n200"), "{out}");
+        curl(&lab, &format!("http://{CLUSTER_IP}/")).echoed_by();
     }
-    assert_eq!(clients_seen(&echo), vec![client_ip.clone(); 4]);
+    assert_eq!(echo.clients_seen(), vec![client_ip.clone(); 4]);
     assert!(
         tidegate.log().contains("trying the next endpoint"),
         "the refusing endpoint was never tried:\n{}",
@@ -187,20 +122,21 @@ fn cluster_ip_tcp_reaches_an_endpoint_with_the_client_address_kept() {
     );
 
     // A Service without endpoints: reset at once, no timeout.
-    let (code, _, err, took) = curl(&lab, &format!("http://{EMPTY_CLUSTER_IP}/"));
-    assert_refused(code, &err);
-    assert!(took < Duration::from_secs(2), "refusing took {took:?}");
+    let refused = curl(&lab, &format!("http://{EMPTY_CLUSTER_IP}/"));
+    refused.assert_refused();
+    assert!(
+        refused.took < Duration::from_secs(2),
+        "refusing took {:?}",
+        refused.took
+    );
 
     // A port the ClusterIP does not serve: refused too.
-    let (code, _, err, _) = curl(&lab, &format!("http://{CLUSTER_IP}:81/"));
-    assert_refused(code, &err);
+    curl(&lab, &format!("http://{CLUSTER_IP}:81/")).assert_refused();
 
     // Pod to pod: captured, and passed through to the original destination, client kept.
     let direct = format!("http://{}:8080/", lab.pods[1].ip);
-    let (code, out, err, _) = curl(&lab, &direct);
-    assert_eq!(code, 0, "pod-to-pod failed: {err}");
-    assert!(out.ends_with("\n200"), "{out}");
-    assert_eq!(clients_seen(&echo), vec![client_ip.clone(); 5]);
+    curl(&lab, &direct).echoed_by();
+    assert_eq!(echo.clients_seen(), vec![client_ip.clone(); 5]);
     assert!(
         tidegate
             .log()
@@ -220,9 +156,7 @@ fn cluster_ip_tcp_reaches_an_endpoint_with_the_client_address_kept() {
         "{}",
         lab.node_rules()
     );
-    let (code, out, err, _) = curl(&lab, &direct);
-    assert_eq!(code, 0, "pod-to-pod without tidegate failed: {err}");
-    assert!(out.ends_with("\n200"), "{out}");
+    curl(&lab, &direct).echoed_by();
 }
 
 #[test]
@@ -252,10 +186,8 @@ fn a_capture_left_by_a_killed_run_is_removed_at_the_next_start() {
         "{}",
         lab.node_rules()
     );
-    let (code, out, err, _) = curl(&lab, &format!("http://{CLUSTER_IP}/"));
-    assert_eq!(code, 0, "curl to the ClusterIP failed: {err}");
-    assert!(out.ends_with("\n200"), "{out}");
-    assert_eq!(clients_seen(&echo), vec![lab.pods[0].ip.clone()]);
+    curl(&lab, &format!("http://{CLUSTER_IP}/")).echoed_by();
+    assert_eq!(echo.clients_seen(), vec![lab.pods[0].ip.clone()]);
 
     let status = tidegate.stop("INT", Duration::from_secs(10));
     assert!(status.success(), "tidegate exited with {status}:\n{}", tidegate.log());

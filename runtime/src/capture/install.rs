@@ -106,10 +106,17 @@ impl Capture {
             fwmark = format!("{MARK:#x}"),
             route_table = ROUTE_TABLE,
             port = plan.port,
+            inbound_port = plan.inbound_port,
             pod_cidrs = cidrs,
-            "capture installed: TCP from the pod networks goes to the transparent listener"
+            "capture installed: TCP from the pod networks and to Services goes to the transparent listener"
         );
         Ok(capture)
+    }
+
+    /// Replaces the contents of the capture's sets (the IPv4 Service frontends and node ports of
+    /// a new configuration version), atomically.
+    pub fn update_sets(&self, services: &[std::net::SocketAddrV4], node_ports: &[u16]) -> Result<(), CaptureError> {
+        self.tools.nft(&rules::sets_ruleset(services, node_ports))
     }
 
     /// Removes the table, the rule and the route. Idempotent.

@@ -14,6 +14,13 @@ pub const MARK: u32 = 0x7467;
 pub const ROUTE_TABLE: u32 = 7467;
 /// The transparent listener's port unless `--capture-port` says otherwise.
 pub const DEFAULT_PORT: u16 = 15001;
+/// The listener for connections addressed to the node itself (NodePorts) unless
+/// `--capture-inbound-port` says otherwise.
+pub const DEFAULT_INBOUND_PORT: u16 = 15006;
+/// The set of Service frontends (virtual address . port) captured from any client.
+pub const SERVICES_SET: &str = "services";
+/// The set of node ports captured on the node's own addresses.
+pub const NODE_PORTS_SET: &str = "node_ports";
 
 /// A pod network (`--pod-cidr`): an IPv4 CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,19 +85,27 @@ pub struct CapturePlan {
     pub pod_cidrs: Vec<PodCidr>,
     /// The transparent listener's port.
     pub port: u16,
+    /// The listener for connections to the node's own addresses (NodePorts).
+    pub inbound_port: u16,
 }
 
 impl CapturePlan {
     /// The ruleset for `nft -f -`. It replaces tidegate's table atomically (creating an empty
     /// one first, so the delete never fails), which makes installing idempotent and also removes
-    /// a table a crashed run left behind.
+    /// a table a crashed run left behind. The sets start empty; [`sets_ruleset`] fills them from
+    /// each configuration version.
     ///
-    /// In the prerouting hook, at mangle priority:
+    /// In the prerouting hook, at mangle priority (rules 2 to 4 only for packets not arriving
+    /// on loopback and not yet marked):
     /// 1. packets for a local transparent socket (replies to tidegate's upstream sockets, which
-    ///    carry a pod's address, and the rest of captured connections) get the mark, so the
-    ///    policy route delivers them locally instead of forwarding them to the pod;
-    /// 2. new TCP from the pod networks, arriving on any interface but loopback, not yet marked
-    ///    and not addressed to the node itself, goes to the transparent listener.
+    ///    carry a client's address, and the rest of captured connections) get the mark, so the
+    ///    policy route delivers them locally instead of forwarding them;
+    /// 2. new TCP to a Service frontend (ClusterIP, externalIP, load-balancer IP), from any
+    ///    client, goes to the transparent listener;
+    /// 3. new TCP to a node port on one of the node's own addresses goes to the inbound
+    ///    listener;
+    /// 4. new TCP from the pod networks not addressed to the node itself goes to the
+    ///    transparent listener (pod to pod: straight through, with the policy hook).
     ///
     /// Connections tidegate opens leave through the output hook, so they are never captured.
     pub fn ruleset(&self) -> String {
@@ -100,20 +115,49 @@ impl CapturePlan {
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let new = format!("iifname != \"lo\" meta mark != {MARK:#x}");
         format!(
             "table {TABLE} {{}}\n\
              delete table {TABLE}\n\
              table {TABLE} {{\n\
+             \tset {SERVICES_SET} {{ type ipv4_addr . inet_service; }}\n\
+             \tset {NODE_PORTS_SET} {{ type inet_service; }}\n\
              \tchain prerouting {{\n\
              \t\ttype filter hook prerouting priority mangle; policy accept;\n\
              \t\tmeta l4proto tcp socket transparent 1 meta mark set {MARK:#x} accept\n\
-             \t\tiifname != \"lo\" meta mark != {MARK:#x} ip saddr {{ {sources} }} fib daddr type != local \
+             \t\t{new} meta l4proto tcp ip daddr . tcp dport @{SERVICES_SET} \
+             tproxy to :{port} meta mark set {MARK:#x} accept\n\
+             \t\t{new} fib daddr type local meta l4proto tcp tcp dport @{NODE_PORTS_SET} \
+             tproxy to :{inbound} meta mark set {MARK:#x} accept\n\
+             \t\t{new} ip saddr {{ {sources} }} fib daddr type != local \
              meta l4proto tcp tproxy to :{port} meta mark set {MARK:#x} accept\n\
              \t}}\n\
              }}\n",
             port = self.port,
+            inbound = self.inbound_port,
         )
     }
+}
+
+/// The ruleset that replaces the contents of the capture's sets, in one transaction: the
+/// IPv4 Service frontends and the node ports of a configuration version.
+pub fn sets_ruleset(services: &[std::net::SocketAddrV4], node_ports: &[u16]) -> String {
+    let mut text = format!("flush set {TABLE} {SERVICES_SET}\nflush set {TABLE} {NODE_PORTS_SET}\n");
+    if !services.is_empty() {
+        let elements: Vec<String> = services.iter().map(|a| format!("{} . {}", a.ip(), a.port())).collect();
+        text.push_str(&format!(
+            "add element {TABLE} {SERVICES_SET} {{ {} }}\n",
+            elements.join(", ")
+        ));
+    }
+    if !node_ports.is_empty() {
+        let elements: Vec<String> = node_ports.iter().map(u16::to_string).collect();
+        text.push_str(&format!(
+            "add element {TABLE} {NODE_PORTS_SET} {{ {} }}\n",
+            elements.join(", ")
+        ));
+    }
+    text
 }
 
 /// The ruleset that removes tidegate's table whether or not it exists.
@@ -156,6 +200,7 @@ mod tests {
         let plan = CapturePlan {
             pod_cidrs: vec![cidr("10.244.0.0/24"), cidr("10.245.0.0/16")],
             port: 15001,
+            inbound_port: 15006,
         };
         let text = plan.ruleset();
         assert!(text.starts_with("table ip tidegate {}\ndelete table ip tidegate\ntable ip tidegate {\n"));
@@ -175,6 +220,7 @@ mod tests {
         let plan = CapturePlan {
             pod_cidrs: vec![cidr("10.244.0.0/24"), cidr("10.245.0.0/16")],
             port: 15011,
+            inbound_port: 15016,
         };
         let text = plan.ruleset();
         let rules: Vec<&str> = text.lines().map(str::trim).collect();
@@ -184,7 +230,7 @@ mod tests {
             .expect("the transparent-socket rule");
         let tproxy = rules
             .iter()
-            .position(|l| l.contains("tproxy to :15011 meta mark set 0x7467 accept"))
+            .position(|l| l.contains("ip saddr") && l.contains("tproxy to :15011 meta mark set 0x7467 accept"))
             .expect("the tproxy rule");
         assert!(socket < tproxy, "replies must be delivered before anything is captured");
         let capture = rules[tproxy];
@@ -197,5 +243,62 @@ mod tests {
         assert!(capture.contains("fib daddr type != local"), "{capture}");
         assert!(capture.contains("meta l4proto tcp"), "{capture}");
         assert!(text.contains("type filter hook prerouting priority mangle; policy accept;"));
+    }
+
+    #[test]
+    fn ruleset_captures_service_frontends_from_anyone_and_node_ports_on_the_node() {
+        let plan = CapturePlan {
+            pod_cidrs: vec![cidr("10.244.0.0/24")],
+            port: 15001,
+            inbound_port: 15006,
+        };
+        let text = plan.ruleset();
+        assert!(
+            text.contains("set services { type ipv4_addr . inet_service; }"),
+            "{text}"
+        );
+        assert!(text.contains("set node_ports { type inet_service; }"), "{text}");
+        let rules: Vec<&str> = text.lines().map(str::trim).collect();
+        let at = |needle: &str| {
+            rules
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no rule with {needle:?} in\n{text}"))
+        };
+        let services = rules[at("@services")];
+        assert!(
+            services.contains("ip daddr . tcp dport @services tproxy to :15001 meta mark set 0x7467 accept"),
+            "{services}"
+        );
+        assert!(!services.contains("saddr"), "any client: {services}");
+        let node_ports = rules[at("@node_ports")];
+        assert!(
+            node_ports.contains("fib daddr type local meta l4proto tcp tcp dport @node_ports tproxy to :15006"),
+            "{node_ports}"
+        );
+        for rule in [services, node_ports] {
+            assert!(rule.starts_with("iifname != \"lo\" meta mark != 0x7467"), "{rule}");
+        }
+        assert!(at("socket transparent") < at("@services"));
+        assert!(
+            at("@node_ports") < at("ip saddr"),
+            "node ports before the pod-network rule"
+        );
+    }
+
+    #[test]
+    fn sets_are_replaced_in_one_transaction() {
+        let services = ["10.96.0.10:80".parse().unwrap(), "192.0.2.7:443".parse().unwrap()];
+        assert_eq!(
+            sets_ruleset(&services, &[30080, 30443]),
+            "flush set ip tidegate services\nflush set ip tidegate node_ports\n\
+             add element ip tidegate services { 10.96.0.10 . 80, 192.0.2.7 . 443 }\n\
+             add element ip tidegate node_ports { 30080, 30443 }\n"
+        );
+        assert_eq!(
+            sets_ruleset(&[], &[]),
+            "flush set ip tidegate services\nflush set ip tidegate node_ports\n",
+            "empty sets: flushed, no empty element list (nft refuses one)"
+        );
     }
 }

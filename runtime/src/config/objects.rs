@@ -69,6 +69,7 @@ pub enum Object {
     Secret(Secret),
     ConfigMap(ConfigMap),
     Pod(Pod),
+    Node(Node),
     WasmFilter(WasmFilterObject),
 }
 
@@ -85,6 +86,7 @@ impl Object {
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
             Object::WasmFilter(o) => &o.metadata,
         }
     }
@@ -99,6 +101,7 @@ impl Object {
             Object::Service(_) => "Service",
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::Pod(_) => "Pod",
+            Object::Node(_) => "Node",
             Object::Secret(_) => "Secret",
             Object::ConfigMap(_) => "ConfigMap",
             Object::WasmFilter(_) => "WasmFilter",
@@ -107,7 +110,7 @@ impl Object {
 
     /// Whether objects of this kind live in a namespace (the rest are cluster-scoped).
     pub fn is_namespaced(kind: &str) -> bool {
-        !matches!(kind, "Namespace" | "GatewayClass")
+        !matches!(kind, "Namespace" | "GatewayClass" | "Node")
     }
 
     pub fn key(&self) -> ObjectKey {
@@ -130,6 +133,7 @@ pub fn known_kind(api_version: &str, kind: &str) -> Option<&'static str> {
         ("", "Secret") => "Secret",
         ("", "ConfigMap") => "ConfigMap",
         ("", "Pod") => "Pod",
+        ("", "Node") => "Node",
         ("discovery.k8s.io", "EndpointSlice") => "EndpointSlice",
         (GATEWAY_GROUP, "GatewayClass") => "GatewayClass",
         (GATEWAY_GROUP, "Gateway") => "Gateway",
@@ -192,6 +196,8 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    #[serde(default)]
+    pub status: ServiceStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -209,7 +215,74 @@ pub struct ServiceSpec {
     /// Every virtual IP of a dual-stack Service (the first is `clusterIP`).
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<String>,
+    /// Addresses routed to the nodes that also serve the Service's ports.
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    /// `ClientIP` keeps each client on one endpoint (`None`, the default, does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `Local`: traffic from outside the cluster only to endpoints on the node it arrived at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    /// `Local`: traffic from pods only to endpoints on their own node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// `PreferClose` (or `PreferSameZone`, `PreferSameNode`): endpoints the EndpointSlice hints
+    /// put close to this node first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// An ExternalName Service's DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub load_balancer: LoadBalancerStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// A Node: its labels (`topology.kubernetes.io/zone` places it for `PreferClose`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+}
+
+/// The Node label that names its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,6 +296,10 @@ pub struct ServicePort {
     pub protocol: Option<String>,
     #[serde(default)]
     pub app_protocol: Option<String>,
+    /// The port on every node's addresses that also serves this Service port (NodePort and
+    /// LoadBalancer Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -277,6 +354,28 @@ pub struct Endpoint {
     pub addresses: Vec<String>,
     #[serde(default)]
     pub conditions: EndpointConditions,
+    /// The node the endpoint runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Where the endpoint should be used from (`trafficDistribution`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<EndpointHints>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default)]
+    pub for_zones: Vec<NamedRef>,
+    #[serde(default)]
+    pub for_nodes: Vec<NamedRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamedRef {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

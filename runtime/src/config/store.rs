@@ -252,6 +252,7 @@ fn parse_object(file: &str, document: usize, value: serde_json::Value, parsed: &
         "Secret" => typed(value).map(Object::Secret),
         "ConfigMap" => typed(value).map(Object::ConfigMap),
         "Pod" => typed(value).map(Object::Pod),
+        "Node" => typed(value).map(Object::Node),
         "EndpointSlice" => typed(value).map(Object::EndpointSlice),
         "GatewayClass" => typed(value).map(Object::GatewayClass),
         "Gateway" => typed(value).map(Object::Gateway),

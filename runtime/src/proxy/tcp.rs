@@ -1,62 +1,96 @@
-//! The captured L4 path: the transparent listener that `--capture` sends pod TCP to, and plain
+//! The captured L4 path: the transparent listeners that `--capture` sends TCP to, and plain
 //! TCP forwarding to a Service's endpoints or, for any other destination, to the original one.
 //!
 //! The accepted socket's local address is the original destination (TPROXY does not rewrite
-//! packets). The upstream socket is IP_TRANSPARENT and bound to the client pod's address, so
-//! the endpoint sees the real client; the capture's `socket transparent` rule brings the
-//! replies back to it. Each connection reads the snapshot once, when it is accepted.
+//! packets). Two listeners: the outbound one gets connections to Service frontends (ClusterIP,
+//! externalIP, load-balancer IP) and pods' other connections; the inbound one gets connections
+//! to node ports on the node's own addresses.
 //!
-//! The endpoint is picked round robin here; the balancer filter's stream context will decide
-//! once the L4 path runs proxy-wasm stream contexts.
+//! The upstream socket keeps the client's address (IP_TRANSPARENT bind) whenever the endpoint's
+//! replies come back through this node: the endpoint runs here, or the client is one of this
+//! node's pods (the cluster routes their addresses here). Otherwise (a client from outside
+//! reaching an endpoint on another node) the connection leaves from the node's address, as
+//! kube-proxy masquerades it, or the replies would bypass this node. The capture's `socket
+//! transparent` rule brings replies back to the upstream socket. Each connection reads the
+//! snapshot once, when it is accepted.
+//!
+//! The endpoint is picked round robin (or by ClientIP affinity) here; the balancer filter's
+//! stream context will decide once the L4 path runs proxy-wasm stream contexts.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::published::{Published, Publisher};
-use crate::snapshot::Snapshot;
+use crate::capture::PodCidr;
+use crate::snapshot::{Frontend, L4Endpoint, Snapshot};
 
 /// How long connecting to one endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Affinity entries are swept for expiry once the table holds this many.
+const AFFINITY_SWEEP_AT: usize = 4096;
+
+/// The bound transparent listeners (SO_REUSEPORT: one of each per thread).
+pub struct Listeners {
+    /// Service frontends and pods' connections (`--capture-port`).
+    pub outbound: Vec<std::net::TcpListener>,
+    /// Node ports (`--capture-inbound-port`).
+    pub inbound: Vec<std::net::TcpListener>,
+}
+
+/// Which listener accepted a connection: how its original destination is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Outbound,
+    Inbound,
+}
 
 /// Where a captured connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// A Service port: these endpoints (empty: no endpoint, refuse at once).
+    /// A Service port, with the endpoints its policies allow this client (empty: refuse).
     Service {
-        cluster: String,
-        endpoints: Vec<SocketAddr>,
+        frontend: Arc<Frontend>,
+        endpoints: Vec<L4Endpoint>,
     },
-    /// A ClusterIP, on a port the Service does not have: refused (as kube-proxy rejects it).
+    /// A ClusterIP on a port the Service does not have, or a node port no Service has (any
+    /// longer): refused, as kube-proxy rejects it.
     NoSuchPort,
     /// Anything else (a pod's own address): straight through to the original destination.
     PassThrough(SocketAddr),
 }
 
-/// Where a connection to `original` goes under `snapshot`.
-pub fn destination(snapshot: &Snapshot, original: SocketAddr) -> Destination {
-    if let Some(cluster) = snapshot.service_addresses.get(&original) {
-        let endpoints = snapshot
-            .clusters
-            .get(cluster)
-            .map(|c| c.endpoints.clone())
-            .unwrap_or_default();
+/// Where a connection from `client` to `original`, accepted by `entry`, goes under `snapshot`.
+/// `from_pod`: the client is one of this node's pods.
+pub fn destination(snapshot: &Snapshot, entry: Entry, original: SocketAddr, from_pod: bool) -> Destination {
+    let services = &snapshot.services;
+    let frontend = match entry {
+        Entry::Outbound => services.by_address.get(&original),
+        Entry::Inbound => services.node_ports.get(&original.port()),
+    };
+    if let Some(frontend) = frontend {
+        let endpoints = if from_pod {
+            &frontend.from_pods
+        } else {
+            &frontend.from_outside
+        };
         return Destination::Service {
-            cluster: cluster.clone(),
-            endpoints,
+            frontend: frontend.clone(),
+            endpoints: endpoints.clone(),
         };
     }
-    let ip = original.ip();
-    if snapshot.service_addresses.keys().any(|a| a.ip() == ip) {
-        return Destination::NoSuchPort;
+    match entry {
+        Entry::Inbound => Destination::NoSuchPort,
+        Entry::Outbound if services.virtual_ips.contains(&original.ip()) => Destination::NoSuchPort,
+        Entry::Outbound => Destination::PassThrough(original),
     }
-    Destination::PassThrough(original)
 }
 
 /// Binds `count` IP_TRANSPARENT listeners on `0.0.0.0:port` (SO_REUSEPORT: one per thread).
@@ -77,13 +111,36 @@ pub fn bind_transparent(port: u16, count: usize) -> io::Result<Vec<std::net::Tcp
         .collect()
 }
 
-/// Serves the listeners, each on its own thread with a current-thread runtime (the workers'
+/// What every L4 thread shares.
+struct L4Shared {
+    pod_cidrs: Vec<PodCidr>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    affinity: Affinity,
+}
+
+impl L4Shared {
+    fn is_local_pod(&self, client: IpAddr) -> bool {
+        match client {
+            IpAddr::V4(ip) => self.pod_cidrs.iter().any(|c| c.contains(ip)),
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+/// Serves the listeners, one of each per thread with a current-thread runtime (the workers'
 /// model), until the process exits.
-pub fn start(listeners: Vec<std::net::TcpListener>, publisher: &Publisher) -> io::Result<()> {
-    let next = Arc::new(AtomicUsize::new(0));
-    for (id, listener) in listeners.into_iter().enumerate() {
+pub fn start(listeners: Listeners, pod_cidrs: Vec<PodCidr>, publisher: &Publisher) -> io::Result<()> {
+    let shared = Arc::new(L4Shared {
+        pod_cidrs,
+        next: AtomicUsize::new(0),
+        affinity: Affinity::default(),
+    });
+    let mut inbound = listeners.inbound.into_iter();
+    for (id, outbound) in listeners.outbound.into_iter().enumerate() {
+        let inbound = inbound.next();
         let rx = publisher.subscribe();
-        let next = next.clone();
+        let shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("tidegate-l4-{id}"))
             .spawn(move || {
@@ -95,9 +152,20 @@ pub fn start(listeners: Vec<std::net::TcpListener>, publisher: &Publisher) -> io
                     }
                 };
                 runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(listener, rx, next).await,
-                        Err(e) => tracing::error!(error = %e, "cannot serve the transparent listener"),
+                    let serve = |listener: std::net::TcpListener, entry: Entry| {
+                        let (rx, shared) = (rx.clone(), shared.clone());
+                        async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(listener) => accept_loop(listener, entry, rx, shared).await,
+                                Err(e) => tracing::error!(error = %e, "cannot serve a transparent listener"),
+                            }
+                        }
+                    };
+                    match inbound {
+                        Some(inbound) => {
+                            tokio::join!(serve(outbound, Entry::Outbound), serve(inbound, Entry::Inbound));
+                        }
+                        None => serve(outbound, Entry::Outbound).await,
                     }
                 });
             })?;
@@ -105,7 +173,7 @@ pub fn start(listeners: Vec<std::net::TcpListener>, publisher: &Publisher) -> io
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, rx: watch::Receiver<Arc<Published>>, next: Arc<AtomicUsize>) {
+async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4Shared>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
         let (stream, client) = match listener.accept().await {
@@ -117,24 +185,36 @@ async fn accept_loop(listener: TcpListener, rx: watch::Receiver<Arc<Published>>,
             }
         };
         let snapshot = rx.borrow().snapshot.clone();
-        tokio::spawn(serve(stream, client, snapshot, port, next.clone()));
+        tokio::spawn(serve(stream, client, entry, snapshot, port, shared.clone()));
     }
 }
 
-async fn serve(client: TcpStream, peer: SocketAddr, snapshot: Arc<Snapshot>, port: u16, next: Arc<AtomicUsize>) {
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    entry: Entry,
+    snapshot: Arc<Snapshot>,
+    port: u16,
+    shared: Arc<L4Shared>,
+) {
     let _ = client.set_nodelay(true);
     let Ok(original) = client.local_addr() else { return };
-    let candidates = match destination(&snapshot, original) {
-        Destination::Service { cluster, endpoints } if endpoints.is_empty() => {
-            tracing::debug!(%peer, %original, cluster, "no endpoint: connection refused");
+    let from_pod = shared.is_local_pod(peer.ip());
+    let (frontend, candidates) = match destination(&snapshot, entry, original, from_pod) {
+        Destination::Service { frontend, endpoints } if endpoints.is_empty() => {
+            tracing::debug!(%peer, %original, cluster = frontend.cluster, "no endpoint: connection refused");
             return reset(client);
         }
-        Destination::Service { endpoints, .. } => {
-            let start = next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-            endpoints[start..].iter().chain(&endpoints[..start]).copied().collect()
+        Destination::Service { frontend, endpoints } => {
+            let first = shared
+                .affinity
+                .remembered(&frontend, peer.ip(), &endpoints)
+                .unwrap_or_else(|| shared.next.fetch_add(1, Ordering::Relaxed) % endpoints.len());
+            let ordered = endpoints[first..].iter().chain(&endpoints[..first]).copied().collect();
+            (Some(frontend), ordered)
         }
         Destination::NoSuchPort => {
-            tracing::debug!(%peer, %original, "no Service port at this ClusterIP: connection refused");
+            tracing::debug!(%peer, %original, "no such Service port: connection refused");
             return reset(client);
         }
         // Someone connected to the listener itself rather than being captured; forwarding
@@ -143,16 +223,22 @@ async fn serve(client: TcpStream, peer: SocketAddr, snapshot: Arc<Snapshot>, por
             tracing::debug!(%peer, %original, "connection to the capture port itself: refused");
             return reset(client);
         }
-        Destination::PassThrough(addr) => vec![addr],
+        Destination::PassThrough(addr) => (None, vec![L4Endpoint { addr, local: false }]),
     };
     for endpoint in candidates {
-        match connect_as(peer.ip(), endpoint).await {
+        // Replies come back through this node only if the endpoint runs here or the client is
+        // one of its pods; otherwise leave from the node's own address.
+        let keep_source = endpoint.local || from_pod;
+        match connect(keep_source.then_some(peer.ip()), endpoint.addr).await {
             Ok(upstream) => {
-                tracing::debug!(%peer, %original, %endpoint, "forwarding");
+                if let Some(frontend) = &frontend {
+                    shared.affinity.remember(frontend, peer.ip(), endpoint.addr);
+                }
+                tracing::debug!(%peer, %original, endpoint = %endpoint.addr, keep_source, "forwarding");
                 return forward(client, upstream).await;
             }
             Err(e) => {
-                tracing::debug!(%peer, %original, %endpoint, error = %e, "cannot connect; trying the next endpoint")
+                tracing::debug!(%peer, %original, endpoint = %endpoint.addr, error = %e, "cannot connect; trying the next endpoint")
             }
         }
     }
@@ -160,12 +246,49 @@ async fn serve(client: TcpStream, peer: SocketAddr, snapshot: Arc<Snapshot>, por
     reset(client);
 }
 
-/// Connects to `endpoint` from `client`'s address (IP_TRANSPARENT), within the timeout.
-async fn connect_as(client: IpAddr, endpoint: SocketAddr) -> io::Result<TcpStream> {
+/// `sessionAffinity: ClientIP`: the endpoint each client last reached on each Service port,
+/// kept for the Service's timeout after that connection. Shared by every L4 thread, and kept
+/// across configuration versions (an endpoint that is gone is simply not found again).
+#[derive(Debug, Default)]
+struct Affinity {
+    table: Mutex<HashMap<(String, IpAddr), Remembered>>,
+}
+
+/// A client's endpoint on one Service port: (endpoint, last connection, timeout).
+type Remembered = (SocketAddr, Instant, Duration);
+
+impl Affinity {
+    /// The position in `endpoints` of the client's remembered endpoint, if it has one that is
+    /// still there and has not expired.
+    fn remembered(&self, frontend: &Frontend, client: IpAddr, endpoints: &[L4Endpoint]) -> Option<usize> {
+        let timeout = Duration::from_secs(u64::from(frontend.affinity_seconds?));
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let (addr, at, _) = table.get(&(frontend.cluster.clone(), client))?;
+        if at.elapsed() > timeout {
+            return None;
+        }
+        endpoints.iter().position(|e| e.addr == *addr)
+    }
+
+    fn remember(&self, frontend: &Frontend, client: IpAddr, endpoint: SocketAddr) {
+        let Some(seconds) = frontend.affinity_seconds else {
+            return;
+        };
+        let timeout = Duration::from_secs(u64::from(seconds));
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if table.len() >= AFFINITY_SWEEP_AT {
+            table.retain(|_, (_, at, timeout)| at.elapsed() <= *timeout);
+        }
+        table.insert((frontend.cluster.clone(), client), (endpoint, Instant::now(), timeout));
+    }
+}
+
+/// Connects to `endpoint` within the timeout, from `client`'s address (IP_TRANSPARENT) when
+/// given, else from the node's.
+async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<TcpStream> {
     let domain = Domain::for_address(endpoint);
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    let source_kept = client.is_ipv4() == endpoint.is_ipv4();
-    if source_kept {
+    if let Some(client) = client.filter(|c| c.is_ipv4() == endpoint.is_ipv4()) {
         match client {
             IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
             IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
@@ -202,10 +325,13 @@ mod tests {
     use super::*;
     use crate::config::ObjectStore;
     use crate::config::store::{Format, parse_file};
+    use crate::snapshot::FrontendKind;
     use crate::translate::{TranslateOptions, translate};
 
+    /// The snapshot node `node-a` (zone `zone-a`, from its Node object) translates `yaml` to.
     fn snapshot(yaml: &str) -> Snapshot {
-        let parsed = parse_file("test.yaml", yaml, Format::Yaml);
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {topology.kubernetes.io/zone: zone-a}}\n---\n";
+        let parsed = parse_file("test.yaml", &format!("{node}{yaml}"), Format::Yaml);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         let mut store = ObjectStore::default();
         for object in parsed.objects {
@@ -216,6 +342,7 @@ mod tests {
             address_pool: None,
             config_dir: None,
             now: "2026-01-01T00:00:00Z".into(),
+            node_name: Some("node-a".into()),
         };
         translate(&store, &options).snapshot
     }
@@ -256,51 +383,373 @@ spec:
         s.parse().unwrap()
     }
 
+    /// The endpoints a client gets (`from_pod`: one of this node's pods), or what else happens.
+    fn endpoints(
+        snapshot: &Snapshot,
+        entry: Entry,
+        original: &str,
+        from_pod: bool,
+    ) -> Result<Vec<String>, Destination> {
+        match destination(snapshot, entry, addr(original), from_pod) {
+            Destination::Service { endpoints, .. } => Ok(endpoints
+                .iter()
+                .map(|e| format!("{}{}", e.addr, if e.local { " local" } else { "" }))
+                .collect()),
+            other => Err(other),
+        }
+    }
+
+    fn outbound(snapshot: &Snapshot, original: &str) -> Result<Vec<String>, Destination> {
+        endpoints(snapshot, Entry::Outbound, original, true)
+    }
+
     #[test]
     fn a_cluster_ip_port_goes_to_the_ready_endpoints() {
         let snapshot = snapshot(SERVICES);
+        assert_eq!(outbound(&snapshot, "10.96.0.10:80"), Ok(vec!["10.244.0.3:8080".into()]));
+        let Destination::Service { frontend, .. } =
+            destination(&snapshot, Entry::Outbound, addr("10.96.0.10:80"), true)
+        else {
+            panic!("a Service")
+        };
         assert_eq!(
-            destination(&snapshot, addr("10.96.0.10:80")),
-            Destination::Service {
-                cluster: "ns/web:80".into(),
-                endpoints: vec![addr("10.244.0.3:8080")],
-            }
+            (frontend.cluster.as_str(), frontend.kind, frontend.affinity_seconds),
+            ("ns/web:80", FrontendKind::ClusterIp, None)
         );
     }
 
     #[test]
     fn a_service_without_endpoints_has_none_to_offer() {
         let snapshot = snapshot(SERVICES);
-        assert_eq!(
-            destination(&snapshot, addr("10.96.0.11:80")),
-            Destination::Service {
-                cluster: "ns/empty:80".into(),
-                endpoints: vec![],
-            }
-        );
+        assert_eq!(outbound(&snapshot, "10.96.0.11:80"), Ok(vec![]));
     }
 
     #[test]
     fn other_ports_of_a_cluster_ip_and_udp_ports_are_refused() {
         let snapshot = snapshot(SERVICES);
-        assert_eq!(destination(&snapshot, addr("10.96.0.10:81")), Destination::NoSuchPort);
+        assert_eq!(outbound(&snapshot, "10.96.0.10:81"), Err(Destination::NoSuchPort));
         // The UDP port is no TCP Service port.
-        assert_eq!(destination(&snapshot, addr("10.96.0.10:53")), Destination::NoSuchPort);
+        assert_eq!(outbound(&snapshot, "10.96.0.10:53"), Err(Destination::NoSuchPort));
     }
 
     #[test]
     fn pod_addresses_and_headless_services_pass_through() {
         let snapshot = snapshot(SERVICES);
         assert_eq!(
-            destination(&snapshot, addr("10.244.0.3:8080")),
-            Destination::PassThrough(addr("10.244.0.3:8080"))
+            outbound(&snapshot, "10.244.0.3:8080"),
+            Err(Destination::PassThrough(addr("10.244.0.3:8080")))
         );
-        assert_eq!(snapshot.service_addresses.len(), 2, "{:?}", snapshot.service_addresses);
+        assert_eq!(
+            snapshot
+                .services
+                .by_address
+                .keys()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            ["10.96.0.10:80", "10.96.0.11:80"]
+        );
     }
 
     #[test]
-    fn the_snapshot_with_service_addresses_serializes() {
+    fn the_snapshot_with_service_frontends_serializes() {
         let json = serde_json::to_value(snapshot(SERVICES)).unwrap();
-        assert_eq!(json["service_addresses"]["10.96.0.10:80"], "ns/web:80");
+        assert_eq!(json["services"]["by_address"]["10.96.0.10:80"]["cluster"], "ns/web:80");
+    }
+
+    const TYPES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.1.1
+  externalIPs: [192.0.2.10]
+  ports: [{name: web, port: 80, targetPort: http, nodePort: 30080}, {name: udp, port: 81, protocol: UDP, nodePort: 30081}]
+status:
+  loadBalancer: {ingress: [{ip: 198.51.100.7}, {hostname: lb.example}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: ns, labels: {kubernetes.io/service-name: lb}}
+ports: [{name: web, port: 8080}]
+endpoints:
+- {addresses: [10.244.0.3], nodeName: node-a}
+- {addresses: [10.244.1.3], nodeName: node-b}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-2, namespace: ns, labels: {kubernetes.io/service-name: lb}}
+ports: [{name: web, port: 9090}]
+endpoints:
+- {addresses: [10.244.1.4], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: np, namespace: ns}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.2
+  externalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: np-1, namespace: ns, labels: {kubernetes.io/service-name: np}}
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.5], nodeName: node-a}
+- {addresses: [10.244.1.5], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remote-only, namespace: ns}
+spec:
+  type: NodePort
+  clusterIP: 10.96.1.3
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30091}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: remote-only-1, namespace: ns, labels: {kubernetes.io/service-name: remote-only}}
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.1.6], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cip, namespace: ns}
+spec:
+  clusterIP: 10.96.1.4
+  ports: [{port: 80, nodePort: 30092}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: ns}
+spec: {type: ExternalName, externalName: example.org, ports: [{port: 80}]}
+"#;
+
+    #[test]
+    fn every_frontend_of_a_load_balancer_service_and_named_target_ports() {
+        let snapshot = snapshot(TYPES);
+        // Per-slice ports: a named targetPort resolves to each pod's own number.
+        let all = Ok(vec![
+            "10.244.0.3:8080 local".to_string(),
+            "10.244.1.3:8080".into(),
+            "10.244.1.4:9090".into(),
+        ]);
+        for frontend in ["10.96.1.1:80", "192.0.2.10:80", "198.51.100.7:80"] {
+            assert_eq!(outbound(&snapshot, frontend), all, "{frontend}");
+            assert_eq!(
+                endpoints(&snapshot, Entry::Outbound, frontend, false),
+                all,
+                "{frontend}"
+            );
+        }
+        assert_eq!(endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30080", false), all);
+        let kind = |entry, original| match destination(&snapshot, entry, addr(original), false) {
+            Destination::Service { frontend, .. } => frontend.kind,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind(Entry::Outbound, "192.0.2.10:80"), FrontendKind::ExternalIp);
+        assert_eq!(kind(Entry::Outbound, "198.51.100.7:80"), FrontendKind::LoadBalancer);
+        assert_eq!(kind(Entry::Inbound, "10.0.0.1:30080"), FrontendKind::NodePort);
+        // The UDP port's node port is not a TCP frontend; neither is a ClusterIP Service's
+        // stray nodePort, nor an ExternalName Service.
+        assert_eq!(
+            snapshot.services.node_ports.keys().copied().collect::<Vec<_>>(),
+            [30080, 30090, 30091]
+        );
+        assert_eq!(
+            endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30081", false),
+            Err(Destination::NoSuchPort)
+        );
+        assert!(!snapshot.services.by_address.values().any(|f| f.service == "ns/ext"));
+        // Other ports of external addresses are not Services (not captured from outside; a
+        // pod's connection passes through).
+        assert_eq!(
+            outbound(&snapshot, "192.0.2.10:81"),
+            Err(Destination::PassThrough(addr("192.0.2.10:81")))
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_outside_clients_on_this_node() {
+        let snapshot = snapshot(TYPES);
+        // From outside: only this node's endpoint.
+        assert_eq!(
+            endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30090", false),
+            Ok(vec!["10.244.0.5:8080 local".into()])
+        );
+        // This node's pods reaching the node port get every endpoint (kube-proxy's
+        // short-circuit), and the ClusterIP ignores externalTrafficPolicy.
+        let all = Ok(vec!["10.244.0.5:8080 local".to_string(), "10.244.1.5:8080".into()]);
+        assert_eq!(endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30090", true), all);
+        assert_eq!(endpoints(&snapshot, Entry::Outbound, "10.96.1.2:80", false), all);
+        // No local endpoint: outside clients are refused, not sent elsewhere.
+        assert_eq!(
+            endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30091", false),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_uses_only_this_nodes_endpoints() {
+        let snapshot = snapshot(TYPES);
+        assert_eq!(outbound(&snapshot, "10.96.1.3:80"), Ok(vec![]));
+        assert_eq!(endpoints(&snapshot, Entry::Outbound, "10.96.1.3:80", false), Ok(vec![]));
+        // Pods on this node reaching the node port are not bound by the internal policy.
+        assert_eq!(
+            endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30091", true),
+            Ok(vec!["10.244.1.6:8080".into()])
+        );
+    }
+
+    const CONDITIONS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: rollout, namespace: ns}
+spec:
+  clusterIP: 10.96.2.1
+  internalTrafficPolicy: Local
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: rollout-1, namespace: ns, labels: {kubernetes.io/service-name: rollout}}
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.0.3], nodeName: node-a, conditions: {ready: false, serving: false, terminating: true}}
+- {addresses: [10.244.0.4], nodeName: node-a, conditions: {ready: false}}
+- {addresses: [10.244.1.2], nodeName: node-b, conditions: {ready: true}}
+"#;
+
+    #[test]
+    fn serving_terminating_endpoints_stand_in_when_none_is_ready() {
+        let snapshot = snapshot(CONDITIONS);
+        // Locally nothing is ready: the one still serving while terminating is used (not the
+        // one that stopped serving, nor the one that is merely not ready).
+        assert_eq!(
+            outbound(&snapshot, "10.96.2.1:80"),
+            Ok(vec!["10.244.0.2:8080 local".into()])
+        );
+        // Cluster-wide one endpoint is ready, so the HTTP path uses only it.
+        assert_eq!(snapshot.clusters["ns/rollout:80"].endpoints, [addr("10.244.1.2:8080")]);
+    }
+
+    #[test]
+    fn the_http_path_falls_back_to_serving_terminating_endpoints_too() {
+        let yaml = CONDITIONS.replace("conditions: {ready: true}", "conditions: {ready: false}");
+        let snapshot = snapshot(&yaml);
+        assert_eq!(snapshot.clusters["ns/rollout:80"].endpoints, [addr("10.244.0.2:8080")]);
+    }
+
+    const DISTRIBUTION: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: close, namespace: ns}
+spec:
+  clusterIP: 10.96.3.1
+  trafficDistribution: PreferClose
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: close-1, namespace: ns, labels: {kubernetes.io/service-name: close}}
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.2], zone: zone-a, hints: {forZones: [{name: zone-a}]}}
+- {addresses: [10.244.1.2], zone: zone-b, hints: {forZones: [{name: zone-b}]}}
+- {addresses: [10.244.1.3], zone: zone-b, hints: {forZones: [{name: zone-b}, {name: zone-a}]}}
+"#;
+
+    #[test]
+    fn prefer_close_uses_the_endpoints_hinted_for_this_zone() {
+        let snapshot = snapshot(DISTRIBUTION);
+        assert_eq!(
+            outbound(&snapshot, "10.96.3.1:80"),
+            Ok(vec!["10.244.0.2:8080".into(), "10.244.1.3:8080".into()])
+        );
+        let Destination::Service { frontend, .. } = destination(&snapshot, Entry::Outbound, addr("10.96.3.1:80"), true)
+        else {
+            panic!("a Service")
+        };
+        assert_eq!(frontend.affinity_seconds, Some(60));
+    }
+
+    #[test]
+    fn prefer_close_uses_every_endpoint_when_hints_are_missing_or_elsewhere() {
+        // One endpoint without hints: hints are ignored.
+        let unhinted = DISTRIBUTION.replace(
+            "{addresses: [10.244.1.2], zone: zone-b, hints: {forZones: [{name: zone-b}]}}",
+            "{addresses: [10.244.1.2], zone: zone-b}",
+        );
+        assert_eq!(outbound(&snapshot(&unhinted), "10.96.3.1:80").unwrap().len(), 3);
+        // No endpoint hinted for this zone: all of them.
+        let elsewhere = DISTRIBUTION.replace("{name: zone-a}", "{name: zone-c}");
+        assert_eq!(outbound(&snapshot(&elsewhere), "10.96.3.1:80").unwrap().len(), 3);
+        // Without trafficDistribution the hints do nothing.
+        let plain = DISTRIBUTION.replace("trafficDistribution: PreferClose", "");
+        assert_eq!(outbound(&snapshot(&plain), "10.96.3.1:80").unwrap().len(), 3);
+    }
+
+    fn frontend(affinity_seconds: Option<u32>) -> Frontend {
+        Frontend {
+            service: "ns/web".into(),
+            cluster: "ns/web:80".into(),
+            kind: FrontendKind::ClusterIp,
+            from_pods: vec![],
+            from_outside: vec![],
+            affinity_seconds,
+        }
+    }
+
+    fn l4(list: &[&str]) -> Vec<L4Endpoint> {
+        list.iter()
+            .map(|a| L4Endpoint {
+                addr: addr(a),
+                local: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn client_ip_affinity_remembers_the_endpoint_per_client_and_service_port() {
+        let affinity = Affinity::default();
+        let sticky = frontend(Some(60));
+        let endpoints = l4(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        let client: IpAddr = "10.244.0.9".parse().unwrap();
+        assert_eq!(affinity.remembered(&sticky, client, &endpoints), None);
+        affinity.remember(&sticky, client, addr("10.0.0.2:80"));
+        assert_eq!(affinity.remembered(&sticky, client, &endpoints), Some(1));
+        // Another client, or the endpoint gone from the Service: nothing remembered.
+        assert_eq!(
+            affinity.remembered(&sticky, "10.244.0.8".parse().unwrap(), &endpoints),
+            None
+        );
+        assert_eq!(
+            affinity.remembered(&sticky, client, &l4(&["10.0.0.1:80", "10.0.0.3:80"])),
+            None
+        );
+        // A Service without affinity neither remembers nor finds anything.
+        let plain = frontend(None);
+        affinity.remember(&plain, "10.244.0.7".parse().unwrap(), addr("10.0.0.3:80"));
+        assert_eq!(affinity.remembered(&plain, client, &endpoints), None);
+        assert_eq!(affinity.table.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn client_ip_affinity_expires_after_the_timeout() {
+        let affinity = Affinity::default();
+        let sticky = frontend(Some(0));
+        let endpoints = l4(&["10.0.0.1:80"]);
+        let client: IpAddr = "10.244.0.9".parse().unwrap();
+        affinity.remember(&sticky, client, addr("10.0.0.1:80"));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(affinity.remembered(&sticky, client, &endpoints), None);
     }
 }

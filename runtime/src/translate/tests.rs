@@ -17,6 +17,7 @@ fn options() -> TranslateOptions {
         address_pool: None,
         config_dir: None,
         now: "2026-01-01T00:00:00Z".into(),
+        node_name: None,
     }
 }
 

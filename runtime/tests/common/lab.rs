@@ -32,15 +32,38 @@ pub struct Lab {
     pub node: String,
     /// The node's address on every pod link (the pods' gateway).
     pub node_ip: String,
-    /// `10.X.Y.0/24`, this lab's own pod network.
+    /// `10.X.Y.0/25`, this lab's own pod network (the node's).
     pub pod_cidr: String,
     pub pods: Vec<Pod>,
+    /// A second node, when asked for: its namespace, address and pods (in `10.X.Y.128/25`),
+    /// linked to the first node; each node routes the other's pod network to it.
+    pub remote: Option<RemoteNode>,
     pub dir: tempfile::TempDir,
+}
+
+/// The second node of a two-node lab.
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    pub netns: String,
+    /// Its address (on the link to the first node and on its pod links).
+    pub ip: String,
+    pub pod_cidr: String,
+    pub pods: Vec<Pod>,
 }
 
 impl Lab {
     /// A node namespace and `pods` pod namespaces (addresses .2, .3, ...).
     pub fn new(pods: usize) -> Self {
+        Self::build(pods, None)
+    }
+
+    /// Two nodes: `pods` pods on the first (where tidegate runs), `remote_pods` on the second
+    /// (addresses .130, .131, ...).
+    pub fn two_nodes(pods: usize, remote_pods: usize) -> Self {
+        Self::build(pods, Some(remote_pods))
+    }
+
+    fn build(pods: usize, remote_pods: Option<usize>) -> Self {
         require_root_and_tools();
         remove_leftovers();
         let pid = std::process::id();
@@ -51,22 +74,13 @@ impl Lab {
         let mut lab = Self {
             node: format!("{name}-node"),
             node_ip: format!("{net}.1"),
-            pod_cidr: format!("{net}.0/24"),
+            pod_cidr: format!("{net}.0/25"),
             pods: Vec::new(),
+            remote: None,
             dir: tempfile::tempdir().expect("temp dir"),
             name,
         };
-        sh(&["ip", "netns", "add", &lab.node]);
-        sh(&["ip", "-n", &lab.node, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        add_node(&lab.node);
         for i in 0..pods {
             let pod = Pod {
                 netns: format!("{}-pod{i}", lab.name),
@@ -74,67 +88,42 @@ impl Lab {
             };
             // Registered first, so a failure below still deletes it.
             lab.pods.push(pod.clone());
-            let veth = format!("{}v{i}", short(&lab.name));
-            sh(&["ip", "netns", "add", &pod.netns]);
-            sh(&["ip", "-n", &pod.netns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip", "-n", &lab.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &pod.netns,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
+            add_pod(&lab.node, &lab.node_ip, &pod, &format!("{}v{i}", short(&lab.name)));
+        }
+        if let Some(remote_pods) = remote_pods {
+            let mut remote = RemoteNode {
+                netns: format!("{}-node2", lab.name),
+                ip: format!("{net}.129"),
+                pod_cidr: format!("{net}.128/25"),
+                pods: Vec::new(),
+            };
+            lab.remote = Some(remote.clone());
+            add_node(&remote.netns);
+            // The link between the nodes, each end with its node's address (Calico style), and
+            // each node's pod network routed to the other node.
+            let (here, there) = (format!("{}n1", short(&lab.name)), format!("{}n2", short(&lab.name)));
+            ip(
                 &lab.node,
-                "addr",
-                "add",
-                &format!("{}/32", lab.node_ip),
-                "dev",
-                &veth,
-            ]);
-            sh(&["ip", "-n", &lab.node, "link", "set", &veth, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &lab.node,
-                "route",
-                "add",
-                &format!("{}/32", pod.ip),
-                "dev",
-                &veth,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &pod.netns,
-                "addr",
-                "add",
-                &format!("{}/32", pod.ip),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &pod.netns, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &pod.netns,
-                "route",
-                "add",
-                &format!("{}/32", lab.node_ip),
-                "dev",
-                "eth0",
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &pod.netns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &lab.node_ip,
-                "dev",
-                "eth0",
-            ]);
+                &format!("link add {here} type veth peer name {there} netns {}", remote.netns),
+            );
+            for (netns, link, own, peer, peer_pods) in [
+                (&lab.node, &here, &lab.node_ip, &remote.ip, &remote.pod_cidr),
+                (&remote.netns, &there, &remote.ip, &lab.node_ip, &lab.pod_cidr),
+            ] {
+                ip(netns, &format!("addr add {own}/32 dev {link}"));
+                ip(netns, &format!("link set {link} up"));
+                ip(netns, &format!("route add {peer}/32 dev {link}"));
+                ip(netns, &format!("route add {peer_pods} via {peer} dev {link}"));
+            }
+            for i in 0..remote_pods {
+                let pod = Pod {
+                    netns: format!("{}-rpod{i}", lab.name),
+                    ip: format!("{net}.{}", i + 130),
+                };
+                remote.pods.push(pod.clone());
+                lab.remote = Some(remote.clone());
+                add_pod(&remote.netns, &remote.ip, &pod, &format!("{}r{i}", short(&lab.name)));
+            }
         }
         lab
     }
@@ -175,6 +164,62 @@ impl Lab {
         }
     }
 
+    /// `tidegate echo` in `pod` on `port`, answering as pod `name`; returns once it listens.
+    pub fn echo(&self, pod: &Pod, port: u16, name: &str) -> Proc {
+        let echo = self.spawn(
+            &pod.netns,
+            &format!("echo-{name}"),
+            &[],
+            &[BIN, "echo", "--listen", &format!("{}:{port}", pod.ip), "--pod", name],
+        );
+        echo.wait_for_log(&format!("listening on port {port}"), STARTUP);
+        echo
+    }
+
+    /// `tidegate run --capture` in the node namespace, serving `config` (file name → text),
+    /// with `extra` arguments; returns once the configuration is served.
+    pub fn tidegate(&self, log: &str, config: &[(&str, String)], extra: &[&str]) -> Proc {
+        let dir = self.path("config");
+        std::fs::create_dir_all(&dir).expect("config dir");
+        for (name, text) in config {
+            std::fs::write(dir.join(name), text).expect("write config");
+        }
+        let mut args = vec![
+            BIN,
+            "run",
+            "--config-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--capture",
+            "--pod-cidr",
+            &self.pod_cidr,
+            "--admin",
+            "127.0.0.1:15000",
+            "--workers",
+            "1",
+        ];
+        args.extend(extra);
+        let tidegate = self.spawn(
+            &self.node,
+            log,
+            &["TIDEGATE_LOG=info,tidegate::proxy::tcp=debug"],
+            &args,
+        );
+        tidegate.wait_for_log("configuration loaded", STARTUP);
+        tidegate
+    }
+
+    /// curl in `netns`: (exit code, body and status on its own last line, stderr, time taken).
+    pub fn curl(&self, netns: &str, url: &str) -> Curl {
+        let start = Instant::now();
+        let output = self.exec(netns, &["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url]);
+        Curl {
+            code: output.status.code().unwrap_or(-1),
+            out: stdout(&output),
+            err: String::from_utf8_lossy(&output.stderr).into_owned(),
+            took: start.elapsed(),
+        }
+    }
+
     /// nftables tables in the node namespace, one per line (`table ip tidegate`).
     pub fn node_tables(&self) -> String {
         stdout(&self.exec(&self.node, &["nft", "list", "tables"]))
@@ -194,10 +239,49 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let mut namespaces: Vec<String> = self.pods.iter().map(|p| p.netns.clone()).collect();
+        if let Some(remote) = &self.remote {
+            namespaces.extend(remote.pods.iter().map(|p| p.netns.clone()));
+            namespaces.push(remote.netns.clone());
+        }
         namespaces.push(self.node.clone());
         for netns in namespaces {
             delete_netns(&netns);
         }
+    }
+}
+
+/// How long a process in the lab may take to start.
+pub const STARTUP: Duration = Duration::from_secs(30);
+
+/// What one curl run gave.
+#[derive(Debug)]
+pub struct Curl {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+    pub took: Duration,
+}
+
+impl Curl {
+    /// A 200 from the echo backend; returns the pod that answered.
+    #[track_caller]
+    pub fn echoed_by(&self) -> String {
+        assert_eq!(self.code, 0, "curl failed: {self:?}");
+        assert!(self.out.ends_with("\n200"), "not a 200: {self:?}");
+        let body = self.out.rsplit_once('\n').map(|(b, _)| b).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        json["pod"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// A reset: curl sees it as a refused connect (7) or as a reset after connecting (56),
+    /// depending on whether the RST beats its connect() returning.
+    #[track_caller]
+    pub fn assert_refused(&self) {
+        assert!(
+            (self.code == 7 && self.err.contains("Couldn't connect"))
+                || (self.code == 56 && self.err.contains("reset")),
+            "expected a reset (curl 7 or 56), got {self:?}"
+        );
     }
 }
 
@@ -215,6 +299,18 @@ impl Proc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The client address an echo backend logged for each request (`... to client (IP:PORT)`).
+    pub fn clients_seen(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                l.split_once("to client (")
+                    .map(|(_, rest)| rest.trim_end_matches(')').to_string())
+            })
+            .filter_map(|addr| addr.rsplit_once(':').map(|(ip, _)| ip.to_string()))
+            .collect()
     }
 
     /// Waits until the log contains `text`.
@@ -268,6 +364,38 @@ impl Drop for Proc {
 
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A node namespace: loopback up, forwarding on.
+fn add_node(netns: &str) {
+    sh(&["ip", "netns", "add", netns]);
+    ip(netns, "link set lo up");
+    sh(&["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+}
+
+/// A pod namespace on `node`: a veth whose node end carries the node's address, a /32 route
+/// each way, and the pod's default route through the node.
+fn add_pod(node: &str, node_ip: &str, pod: &Pod, veth: &str) {
+    sh(&["ip", "netns", "add", &pod.netns]);
+    ip(&pod.netns, "link set lo up");
+    ip(
+        node,
+        &format!("link add {veth} type veth peer name eth0 netns {}", pod.netns),
+    );
+    ip(node, &format!("addr add {node_ip}/32 dev {veth}"));
+    ip(node, &format!("link set {veth} up"));
+    ip(node, &format!("route add {}/32 dev {veth}", pod.ip));
+    ip(&pod.netns, &format!("addr add {}/32 dev eth0", pod.ip));
+    ip(&pod.netns, "link set eth0 up");
+    ip(&pod.netns, &format!("route add {node_ip}/32 dev eth0"));
+    ip(&pod.netns, &format!("route add default via {node_ip} dev eth0"));
+}
+
+/// `ip -n <netns> <words>`, which must succeed.
+fn ip(netns: &str, words: &str) {
+    let mut args = vec!["ip", "-n", netns];
+    args.extend(words.split_whitespace());
+    sh(&args);
 }
 
 /// Runs a command that must succeed.

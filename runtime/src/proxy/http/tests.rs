@@ -348,6 +348,7 @@ spec:
             address_pool: None,
             config_dir: None,
             now: "2026-01-01T00:00:00Z".into(),
+            node_name: None,
         },
     );
     let cluster = &translation.snapshot.clusters["ns/web:8080"];
