@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use crate::admin::{self, AdminState};
 use crate::admission::{Admission, FilterAdmission};
-use crate::capture::{Capture, CapturePlan};
+use crate::capture::{Capture, CapturePlan, Transport};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
 use crate::metrics::Metrics;
@@ -89,8 +89,18 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             };
             let outbound = bind(plan.port, "--capture-port")?;
             let inbound = bind(plan.inbound_port, "--capture-inbound-port")?;
+            let udp = crate::proxy::udp::bind_transparent(plan.port).with_context(|| {
+                format!(
+                    "cannot bind the transparent UDP socket on port {}; choose another with --capture-port",
+                    plan.port
+                )
+            })?;
             crate::proxy::tcp::start(
-                crate::proxy::tcp::Listeners { outbound, inbound },
+                crate::proxy::tcp::Listeners {
+                    outbound,
+                    inbound,
+                    udp: Some(udp),
+                },
                 plan.pod_cidrs.clone(),
                 &publisher,
             )
@@ -176,7 +186,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
 /// The frontends the capture's sets hold, so they are rewritten only when they change.
 #[derive(Debug, Default)]
 struct CapturedFrontends {
-    services: Vec<std::net::SocketAddrV4>,
+    services: Vec<(Transport, std::net::SocketAddrV4)>,
     node_ports: Vec<u16>,
 }
 
@@ -184,12 +194,13 @@ impl CapturedFrontends {
     /// Puts `snapshot`'s Service frontends in the capture's sets. Pods' connections are
     /// captured whatever the sets hold; the sets add clients outside the pod networks.
     fn apply(&mut self, capture: &Capture, snapshot: &crate::snapshot::Snapshot) {
-        let services: Vec<std::net::SocketAddrV4> = snapshot
-            .services
-            .by_address
-            .keys()
-            .filter_map(|a| match a {
-                SocketAddr::V4(a) => Some(*a),
+        let table = &snapshot.services;
+        let tcp = table.by_address.keys().map(|a| (Transport::Tcp, a));
+        let udp = table.udp_by_address.keys().map(|a| (Transport::Udp, a));
+        let services: Vec<(Transport, std::net::SocketAddrV4)> = tcp
+            .chain(udp)
+            .filter_map(|(transport, a)| match a {
+                SocketAddr::V4(a) => Some((transport, *a)),
                 SocketAddr::V6(_) => None,
             })
             .collect();

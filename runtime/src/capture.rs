@@ -11,4 +11,4 @@ pub mod install;
 pub mod rules;
 
 pub use self::install::{Capture, CaptureError};
-pub use self::rules::{CapturePlan, DEFAULT_INBOUND_PORT, DEFAULT_PORT, MARK, PodCidr, ROUTE_TABLE, TABLE};
+pub use self::rules::{CapturePlan, DEFAULT_INBOUND_PORT, DEFAULT_PORT, MARK, PodCidr, ROUTE_TABLE, TABLE, Transport};

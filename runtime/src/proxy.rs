@@ -9,10 +9,12 @@ mod callout;
 mod chain;
 mod http;
 mod listener;
+mod pick;
 mod published;
 pub(crate) mod services;
 pub mod tcp;
 mod tls;
+pub mod udp;
 mod upstream;
 mod worker;
 

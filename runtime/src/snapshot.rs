@@ -33,11 +33,13 @@ pub struct Snapshot {
     pub services: ServiceTable,
 }
 
-/// Every TCP Service port's frontends, as kube-proxy serves them.
+/// Every TCP and UDP Service port's frontends, as kube-proxy serves them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ServiceTable {
     /// By virtual address: ClusterIPs, externalIPs and load-balancer IPs, with the port.
     pub by_address: BTreeMap<SocketAddr, Arc<Frontend>>,
+    /// The same for UDP ports.
+    pub udp_by_address: BTreeMap<SocketAddr, Arc<Frontend>>,
     /// By node port (served on the node's own addresses).
     pub node_ports: BTreeMap<u16, Arc<Frontend>>,
     /// Every ClusterIP: a port no Service has on one is refused, as kube-proxy rejects it.

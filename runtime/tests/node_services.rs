@@ -299,3 +299,102 @@ fn cluster_ips_round_robin_stick_by_client_ip_and_keep_to_local_and_serving_endp
     // No ready endpoint: the one serving while terminating answers, never the unready one.
     assert_eq!(b.answering(&pod0.netns, &cluster_ip("10.96.73.4"), 4), set(&["a1"]));
 }
+
+const UDP_EXTERNAL_IP: &str = "198.51.100.20";
+
+#[test]
+fn udp_to_a_service_is_forwarded_per_flow() {
+    let b = Backends::start();
+    let lab = &b.lab;
+    let remote = lab.remote.clone().expect("two nodes");
+    let node_b = b.node_b();
+    let node_b_ip = b.node_b_ip();
+    let pod0 = lab.pods[0].clone();
+    let _servers = [
+        lab.udp_echo(&lab.pods[1], 9053, "a1"),
+        lab.udp_echo(&remote.pods[0], 9053, "b1"),
+    ];
+    let (a1_ip, _) = b.endpoint("a1");
+    let (b1_ip, _) = b.endpoint("b1");
+    let config = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: default}}
+spec:
+  clusterIP: 10.96.74.1
+  externalIPs: [{UDP_EXTERNAL_IP}]
+  ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: default, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 9053, protocol: UDP}}]
+endpoints:
+- {{addresses: [{a1_ip}], nodeName: node-a}}
+- {{addresses: [{b1_ip}], nodeName: node-b}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: silent, namespace: default}}
+spec:
+  clusterIP: 10.96.74.2
+  ports: [{{port: 53, protocol: UDP}}]
+"#
+    );
+    let tidegate = lab.tidegate("tidegate", &[("services.yaml", config)], &["--node-name", "node-a"]);
+    let routed = lab.exec(
+        &node_b,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{UDP_EXTERNAL_IP}/32"),
+            "via",
+            &lab.node_ip,
+        ],
+    );
+    assert!(routed.status.success(), "{}", String::from_utf8_lossy(&routed.stderr));
+    let query = |netns: &str, target: &str, datagrams: usize| {
+        lab.udp_query(netns, target, datagrams, Duration::from_millis(200))
+    };
+
+    // Each query is a new flow: round robin over both nodes' endpoints; the client pod's
+    // address is kept on both (its replies come back through node A).
+    let mut answered = BTreeSet::new();
+    for _ in 0..4 {
+        let replies = query(&pod0.netns, "10.96.74.1:53", 1);
+        assert_eq!(replies.len(), 1, "one reply per query: {replies:?}\n{}", tidegate.log());
+        let (pod, peer) = replies[0].split_once(' ').expect("pod=.. peer=..");
+        assert_eq!(peer, format!("peer={}", pod0.ip).as_str(), "{replies:?}");
+        answered.insert(pod.to_string());
+    }
+    assert_eq!(answered, set(&["pod=a1", "pod=b1"]));
+
+    // Datagrams of one flow (one client socket) stay on its endpoint; the later ones reach the
+    // flow's own socket rather than the shared one.
+    let replies = query(&pod0.netns, "10.96.74.1:53", 3);
+    assert_eq!(replies.len(), 3, "{replies:?}\n{}", tidegate.log());
+    assert!(
+        replies.iter().all(|r| r == &replies[0]),
+        "a flow changed endpoints: {replies:?}"
+    );
+
+    // From outside, to the externalIP: node A's endpoint sees the client, node B's sees node A.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let replies = query(&node_b, &format!("{UDP_EXTERNAL_IP}:53"), 1);
+        assert_eq!(replies.len(), 1, "{replies:?}\n{}", tidegate.log());
+        seen.insert(replies[0].clone());
+    }
+    assert_eq!(
+        seen,
+        set(&[
+            &format!("pod=a1 peer={node_b_ip}"),
+            &format!("pod=b1 peer={}", lab.node_ip)
+        ])
+    );
+
+    // No endpoint: the datagram is dropped, and nothing answers.
+    assert_eq!(query(&pod0.netns, "10.96.74.2:53", 1), Vec::<String>::new());
+}

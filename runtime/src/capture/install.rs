@@ -115,7 +115,11 @@ impl Capture {
 
     /// Replaces the contents of the capture's sets (the IPv4 Service frontends and node ports of
     /// a new configuration version), atomically.
-    pub fn update_sets(&self, services: &[std::net::SocketAddrV4], node_ports: &[u16]) -> Result<(), CaptureError> {
+    pub fn update_sets(
+        &self,
+        services: &[(rules::Transport, std::net::SocketAddrV4)],
+        node_ports: &[u16],
+    ) -> Result<(), CaptureError> {
         self.tools.nft(&rules::sets_ruleset(services, node_ports))
     }
 

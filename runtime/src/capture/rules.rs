@@ -100,8 +100,8 @@ impl CapturePlan {
     /// 1. packets for a local transparent socket (replies to tidegate's upstream sockets, which
     ///    carry a client's address, and the rest of captured connections) get the mark, so the
     ///    policy route delivers them locally instead of forwarding them;
-    /// 2. new TCP to a Service frontend (ClusterIP, externalIP, load-balancer IP), from any
-    ///    client, goes to the transparent listener;
+    /// 2. new TCP and UDP to a Service frontend (ClusterIP, externalIP, load-balancer IP;
+    ///    address, protocol and port), from any client, go to the transparent listeners;
     /// 3. new TCP to a node port on one of the node's own addresses goes to the inbound
     ///    listener;
     /// 4. new TCP from the pod networks not addressed to the node itself goes to the
@@ -120,12 +120,14 @@ impl CapturePlan {
             "table {TABLE} {{}}\n\
              delete table {TABLE}\n\
              table {TABLE} {{\n\
-             \tset {SERVICES_SET} {{ type ipv4_addr . inet_service; }}\n\
+             \tset {SERVICES_SET} {{ type ipv4_addr . inet_proto . inet_service; }}\n\
              \tset {NODE_PORTS_SET} {{ type inet_service; }}\n\
              \tchain prerouting {{\n\
              \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-             \t\tmeta l4proto tcp socket transparent 1 meta mark set {MARK:#x} accept\n\
-             \t\t{new} meta l4proto tcp ip daddr . tcp dport @{SERVICES_SET} \
+             \t\tmeta l4proto {{ tcp, udp }} socket transparent 1 meta mark set {MARK:#x} accept\n\
+             \t\t{new} meta l4proto tcp ip daddr . meta l4proto . th dport @{SERVICES_SET} \
+             tproxy to :{port} meta mark set {MARK:#x} accept\n\
+             \t\t{new} meta l4proto udp ip daddr . meta l4proto . th dport @{SERVICES_SET} \
              tproxy to :{port} meta mark set {MARK:#x} accept\n\
              \t\t{new} fib daddr type local meta l4proto tcp tcp dport @{NODE_PORTS_SET} \
              tproxy to :{inbound} meta mark set {MARK:#x} accept\n\
@@ -139,12 +141,33 @@ impl CapturePlan {
     }
 }
 
+/// A transport protocol of the L4 path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// As nftables writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
 /// The ruleset that replaces the contents of the capture's sets, in one transaction: the
-/// IPv4 Service frontends and the node ports of a configuration version.
-pub fn sets_ruleset(services: &[std::net::SocketAddrV4], node_ports: &[u16]) -> String {
+/// IPv4 Service frontends (protocol and address) and the TCP node ports of a configuration
+/// version.
+pub fn sets_ruleset(services: &[(Transport, std::net::SocketAddrV4)], node_ports: &[u16]) -> String {
     let mut text = format!("flush set {TABLE} {SERVICES_SET}\nflush set {TABLE} {NODE_PORTS_SET}\n");
     if !services.is_empty() {
-        let elements: Vec<String> = services.iter().map(|a| format!("{} . {}", a.ip(), a.port())).collect();
+        let elements: Vec<String> = services
+            .iter()
+            .map(|(transport, a)| format!("{} . {} . {}", a.ip(), transport.name(), a.port()))
+            .collect();
         text.push_str(&format!(
             "add element {TABLE} {SERVICES_SET} {{ {} }}\n",
             elements.join(", ")
@@ -226,7 +249,7 @@ mod tests {
         let rules: Vec<&str> = text.lines().map(str::trim).collect();
         let socket = rules
             .iter()
-            .position(|l| l.starts_with("meta l4proto tcp socket transparent 1 meta mark set 0x7467 accept"))
+            .position(|l| l.starts_with("meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7467 accept"))
             .expect("the transparent-socket rule");
         let tproxy = rules
             .iter()
@@ -254,7 +277,7 @@ mod tests {
         };
         let text = plan.ruleset();
         assert!(
-            text.contains("set services { type ipv4_addr . inet_service; }"),
+            text.contains("set services { type ipv4_addr . inet_proto . inet_service; }"),
             "{text}"
         );
         assert!(text.contains("set node_ports { type inet_service; }"), "{text}");
@@ -265,18 +288,24 @@ mod tests {
                 .position(|l| l.contains(needle))
                 .unwrap_or_else(|| panic!("no rule with {needle:?} in\n{text}"))
         };
-        let services = rules[at("@services")];
+        let services = rules[at("tcp ip daddr . meta l4proto . th dport @services")];
         assert!(
-            services.contains("ip daddr . tcp dport @services tproxy to :15001 meta mark set 0x7467 accept"),
+            services.contains("meta l4proto tcp ip daddr . meta l4proto . th dport @services tproxy to :15001 meta mark set 0x7467 accept"),
             "{services}"
         );
         assert!(!services.contains("saddr"), "any client: {services}");
+        let udp = rules[at("udp ip daddr . meta l4proto . th dport @services")];
+        assert!(
+            udp.contains("meta l4proto udp ip daddr . meta l4proto . th dport @services tproxy to :15001 meta mark set 0x7467 accept"),
+            "{udp}"
+        );
+        assert!(rules.contains(&"meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7467 accept"));
         let node_ports = rules[at("@node_ports")];
         assert!(
             node_ports.contains("fib daddr type local meta l4proto tcp tcp dport @node_ports tproxy to :15006"),
             "{node_ports}"
         );
-        for rule in [services, node_ports] {
+        for rule in [services, udp, node_ports] {
             assert!(rule.starts_with("iifname != \"lo\" meta mark != 0x7467"), "{rule}");
         }
         assert!(at("socket transparent") < at("@services"));
@@ -288,11 +317,15 @@ mod tests {
 
     #[test]
     fn sets_are_replaced_in_one_transaction() {
-        let services = ["10.96.0.10:80".parse().unwrap(), "192.0.2.7:443".parse().unwrap()];
+        let services = [
+            (Transport::Tcp, "10.96.0.10:80".parse().unwrap()),
+            (Transport::Udp, "10.96.0.10:53".parse().unwrap()),
+            (Transport::Tcp, "192.0.2.7:443".parse().unwrap()),
+        ];
         assert_eq!(
             sets_ruleset(&services, &[30080, 30443]),
             "flush set ip tidegate services\nflush set ip tidegate node_ports\n\
-             add element ip tidegate services { 10.96.0.10 . 80, 192.0.2.7 . 443 }\n\
+             add element ip tidegate services { 10.96.0.10 . tcp . 80, 10.96.0.10 . udp . 53, 192.0.2.7 . tcp . 443 }\n\
              add element ip tidegate node_ports { 30080, 30443 }\n"
         );
         assert_eq!(

@@ -17,32 +17,31 @@
 //! The endpoint is picked round robin (or by ClientIP affinity) here; the balancer filter's
 //! stream context will decide once the L4 path runs proxy-wasm stream contexts.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+use super::pick::Picker;
 use super::published::{Published, Publisher};
 use crate::capture::PodCidr;
 use crate::snapshot::{Frontend, L4Endpoint, Snapshot};
 
 /// How long connecting to one endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Affinity entries are swept for expiry once the table holds this many.
-const AFFINITY_SWEEP_AT: usize = 4096;
 
-/// The bound transparent listeners (SO_REUSEPORT: one of each per thread).
+/// The bound transparent listeners (SO_REUSEPORT: one TCP listener of each per thread).
 pub struct Listeners {
     /// Service frontends and pods' connections (`--capture-port`).
     pub outbound: Vec<std::net::TcpListener>,
     /// Node ports (`--capture-inbound-port`).
     pub inbound: Vec<std::net::TcpListener>,
+    /// UDP to Service frontends (`--capture-port`, UDP), served by the first thread.
+    pub udp: Option<std::net::UdpSocket>,
 }
 
 /// Which listener accepted a connection: how its original destination is read.
@@ -111,34 +110,15 @@ pub fn bind_transparent(port: u16, count: usize) -> io::Result<Vec<std::net::Tcp
         .collect()
 }
 
-/// What every L4 thread shares.
-struct L4Shared {
-    pod_cidrs: Vec<PodCidr>,
-    /// Round-robin position.
-    next: AtomicUsize,
-    affinity: Affinity,
-}
-
-impl L4Shared {
-    fn is_local_pod(&self, client: IpAddr) -> bool {
-        match client {
-            IpAddr::V4(ip) => self.pod_cidrs.iter().any(|c| c.contains(ip)),
-            IpAddr::V6(_) => false,
-        }
-    }
-}
-
 /// Serves the listeners, one of each per thread with a current-thread runtime (the workers'
 /// model), until the process exits.
 pub fn start(listeners: Listeners, pod_cidrs: Vec<PodCidr>, publisher: &Publisher) -> io::Result<()> {
-    let shared = Arc::new(L4Shared {
-        pod_cidrs,
-        next: AtomicUsize::new(0),
-        affinity: Affinity::default(),
-    });
+    let shared = Arc::new(Picker::new(pod_cidrs));
     let mut inbound = listeners.inbound.into_iter();
+    let mut udp = listeners.udp;
     for (id, outbound) in listeners.outbound.into_iter().enumerate() {
         let inbound = inbound.next();
+        let udp = udp.take();
         let rx = publisher.subscribe();
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -161,19 +141,24 @@ pub fn start(listeners: Listeners, pod_cidrs: Vec<PodCidr>, publisher: &Publishe
                             }
                         }
                     };
-                    match inbound {
-                        Some(inbound) => {
-                            tokio::join!(serve(outbound, Entry::Outbound), serve(inbound, Entry::Inbound));
+                    let inbound = async {
+                        if let Some(inbound) = inbound {
+                            serve(inbound, Entry::Inbound).await
                         }
-                        None => serve(outbound, Entry::Outbound).await,
-                    }
+                    };
+                    let udp = async {
+                        if let Some(udp) = udp {
+                            super::udp::serve(udp, rx.clone(), shared.clone()).await
+                        }
+                    };
+                    tokio::join!(serve(outbound, Entry::Outbound), inbound, udp);
                 });
             })?;
     }
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4Shared>) {
+async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<Picker>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
         let (stream, client) = match listener.accept().await {
@@ -195,7 +180,7 @@ async fn serve(
     entry: Entry,
     snapshot: Arc<Snapshot>,
     port: u16,
-    shared: Arc<L4Shared>,
+    shared: Arc<Picker>,
 ) {
     let _ = client.set_nodelay(true);
     let Ok(original) = client.local_addr() else { return };
@@ -206,11 +191,7 @@ async fn serve(
             return reset(client);
         }
         Destination::Service { frontend, endpoints } => {
-            let first = shared
-                .affinity
-                .remembered(&frontend, peer.ip(), &endpoints)
-                .unwrap_or_else(|| shared.next.fetch_add(1, Ordering::Relaxed) % endpoints.len());
-            let ordered = endpoints[first..].iter().chain(&endpoints[..first]).copied().collect();
+            let ordered = shared.order(&frontend, peer.ip(), &endpoints);
             (Some(frontend), ordered)
         }
         Destination::NoSuchPort => {
@@ -228,11 +209,11 @@ async fn serve(
     for endpoint in candidates {
         // Replies come back through this node only if the endpoint runs here or the client is
         // one of its pods; otherwise leave from the node's own address.
-        let keep_source = endpoint.local || from_pod;
+        let keep_source = shared.keep_source(&endpoint, from_pod);
         match connect(keep_source.then_some(peer.ip()), endpoint.addr).await {
             Ok(upstream) => {
                 if let Some(frontend) = &frontend {
-                    shared.affinity.remember(frontend, peer.ip(), endpoint.addr);
+                    shared.chosen(frontend, peer.ip(), endpoint.addr);
                 }
                 tracing::debug!(%peer, %original, endpoint = %endpoint.addr, keep_source, "forwarding");
                 return forward(client, upstream).await;
@@ -244,43 +225,6 @@ async fn serve(
     }
     tracing::debug!(%peer, %original, "no endpoint accepted the connection");
     reset(client);
-}
-
-/// `sessionAffinity: ClientIP`: the endpoint each client last reached on each Service port,
-/// kept for the Service's timeout after that connection. Shared by every L4 thread, and kept
-/// across configuration versions (an endpoint that is gone is simply not found again).
-#[derive(Debug, Default)]
-struct Affinity {
-    table: Mutex<HashMap<(String, IpAddr), Remembered>>,
-}
-
-/// A client's endpoint on one Service port: (endpoint, last connection, timeout).
-type Remembered = (SocketAddr, Instant, Duration);
-
-impl Affinity {
-    /// The position in `endpoints` of the client's remembered endpoint, if it has one that is
-    /// still there and has not expired.
-    fn remembered(&self, frontend: &Frontend, client: IpAddr, endpoints: &[L4Endpoint]) -> Option<usize> {
-        let timeout = Duration::from_secs(u64::from(frontend.affinity_seconds?));
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let (addr, at, _) = table.get(&(frontend.cluster.clone(), client))?;
-        if at.elapsed() > timeout {
-            return None;
-        }
-        endpoints.iter().position(|e| e.addr == *addr)
-    }
-
-    fn remember(&self, frontend: &Frontend, client: IpAddr, endpoint: SocketAddr) {
-        let Some(seconds) = frontend.affinity_seconds else {
-            return;
-        };
-        let timeout = Duration::from_secs(u64::from(seconds));
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if table.len() >= AFFINITY_SWEEP_AT {
-            table.retain(|_, (_, at, timeout)| at.elapsed() <= *timeout);
-        }
-        table.insert((frontend.cluster.clone(), client), (endpoint, Instant::now(), timeout));
-    }
 }
 
 /// Connects to `endpoint` within the timeout, from `client`'s address (IP_TRANSPARENT) when
@@ -697,59 +641,17 @@ endpoints:
         assert_eq!(outbound(&snapshot(&plain), "10.96.3.1:80").unwrap().len(), 3);
     }
 
-    fn frontend(affinity_seconds: Option<u32>) -> Frontend {
-        Frontend {
-            service: "ns/web".into(),
-            cluster: "ns/web:80".into(),
-            kind: FrontendKind::ClusterIp,
-            from_pods: vec![],
-            from_outside: vec![],
-            affinity_seconds,
-        }
-    }
-
-    fn l4(list: &[&str]) -> Vec<L4Endpoint> {
-        list.iter()
-            .map(|a| L4Endpoint {
-                addr: addr(a),
-                local: false,
-            })
-            .collect()
-    }
-
     #[test]
-    fn client_ip_affinity_remembers_the_endpoint_per_client_and_service_port() {
-        let affinity = Affinity::default();
-        let sticky = frontend(Some(60));
-        let endpoints = l4(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
-        let client: IpAddr = "10.244.0.9".parse().unwrap();
-        assert_eq!(affinity.remembered(&sticky, client, &endpoints), None);
-        affinity.remember(&sticky, client, addr("10.0.0.2:80"));
-        assert_eq!(affinity.remembered(&sticky, client, &endpoints), Some(1));
-        // Another client, or the endpoint gone from the Service: nothing remembered.
-        assert_eq!(
-            affinity.remembered(&sticky, "10.244.0.8".parse().unwrap(), &endpoints),
-            None
-        );
-        assert_eq!(
-            affinity.remembered(&sticky, client, &l4(&["10.0.0.1:80", "10.0.0.3:80"])),
-            None
-        );
-        // A Service without affinity neither remembers nor finds anything.
-        let plain = frontend(None);
-        affinity.remember(&plain, "10.244.0.7".parse().unwrap(), addr("10.0.0.3:80"));
-        assert_eq!(affinity.remembered(&plain, client, &endpoints), None);
-        assert_eq!(affinity.table.lock().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn client_ip_affinity_expires_after_the_timeout() {
-        let affinity = Affinity::default();
-        let sticky = frontend(Some(0));
-        let endpoints = l4(&["10.0.0.1:80"]);
-        let client: IpAddr = "10.244.0.9".parse().unwrap();
-        affinity.remember(&sticky, client, addr("10.0.0.1:80"));
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(affinity.remembered(&sticky, client, &endpoints), None);
+    fn udp_ports_have_their_own_frontends() {
+        let snapshot = snapshot(TYPES);
+        let udp: Vec<String> = snapshot.services.udp_by_address.keys().map(|a| a.to_string()).collect();
+        assert_eq!(udp, ["10.96.1.1:81", "192.0.2.10:81", "198.51.100.7:81"]);
+        let frontend = &snapshot.services.udp_by_address[&addr("10.96.1.1:81")];
+        assert_eq!(frontend.cluster, "ns/lb:81");
+        // The UDP port has no endpoint port named `udp` in the slices: no endpoints.
+        assert!(frontend.from_pods.is_empty());
+        // TCP lookups never see UDP frontends, and the reverse.
+        assert_eq!(outbound(&snapshot, "10.96.1.1:81"), Err(Destination::NoSuchPort));
+        assert!(!snapshot.services.udp_by_address.contains_key(&addr("10.96.1.1:80")));
     }
 }

@@ -1,4 +1,4 @@
-//! Services as kube-proxy serves them, for the captured L4 path: every TCP Service port's
+//! Services as kube-proxy serves them, for the captured L4 path: every TCP and UDP Service port's
 //! frontends (its ClusterIPs, externalIPs, load-balancer IPs and NodePort) and, for each, the
 //! endpoints its traffic policies allow from this node.
 //!
@@ -196,9 +196,11 @@ pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &H
                 .filter_map(|i| i.ip.as_ref()),
         );
         for port in &spec.ports {
-            if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
-                continue;
-            }
+            let udp = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => false,
+                "UDP" => true,
+                _ => continue,
+            };
             let candidates = usable_subsets(
                 index.candidates(namespace, name, port.name.as_deref().unwrap_or_default()),
                 here,
@@ -236,25 +238,30 @@ pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &H
                     affinity_seconds: affinity,
                 })
             };
+            let by_address = if udp {
+                &mut table.udp_by_address
+            } else {
+                &mut table.by_address
+            };
             let cluster_ip = frontend(FrontendKind::ClusterIp);
             for ip in &cluster_ips {
-                table
-                    .by_address
-                    .insert(SocketAddr::new(*ip, port.port), cluster_ip.clone());
+                by_address.insert(SocketAddr::new(*ip, port.port), cluster_ip.clone());
             }
             if !external_ips.is_empty() {
                 let shared = frontend(FrontendKind::ExternalIp);
                 for ip in &external_ips {
-                    table.by_address.insert(SocketAddr::new(*ip, port.port), shared.clone());
+                    by_address.insert(SocketAddr::new(*ip, port.port), shared.clone());
                 }
             }
             if spec.kind.as_deref() == Some("LoadBalancer") && !balancer_ips.is_empty() {
                 let shared = frontend(FrontendKind::LoadBalancer);
                 for ip in &balancer_ips {
-                    table.by_address.insert(SocketAddr::new(*ip, port.port), shared.clone());
+                    by_address.insert(SocketAddr::new(*ip, port.port), shared.clone());
                 }
             }
+            // Node ports are captured for TCP only (UDP node ports are not served yet).
             if let Some(node_port) = port.node_port
+                && !udp
                 && matches!(spec.kind.as_deref(), Some("NodePort" | "LoadBalancer"))
             {
                 table.node_ports.insert(node_port, frontend(FrontendKind::NodePort));

@@ -176,6 +176,36 @@ impl Lab {
         echo
     }
 
+    /// A UDP server in `pod` on `port` (socat): each datagram is answered with
+    /// `pod=<name> peer=<the client address it saw>`.
+    pub fn udp_echo(&self, pod: &Pod, port: u16, name: &str) -> Proc {
+        let server = self.spawn(
+            &pod.netns,
+            &format!("udp-{name}"),
+            &[],
+            &[
+                "socat",
+                "-d",
+                "-d",
+                &format!("UDP4-RECVFROM:{port},bind={},fork", pod.ip),
+                &format!("SYSTEM:echo pod={name} peer=$SOCAT_PEERADDR"),
+            ],
+        );
+        server.wait_for_log("receiving on", STARTUP);
+        server
+    }
+
+    /// Sends `datagrams` from `netns` to `target` on one UDP socket (one flow), `gap` apart,
+    /// and returns the replies, one per line.
+    pub fn udp_query(&self, netns: &str, target: &str, datagrams: usize, gap: Duration) -> Vec<String> {
+        let script = format!(
+            "(for i in $(seq {datagrams}); do echo q$i; sleep {}; done) | socat -t1 - UDP4:{target}",
+            gap.as_secs_f32()
+        );
+        let output = self.exec(netns, &["sh", "-c", &script]);
+        stdout(&output).lines().map(str::to_string).collect()
+    }
+
     /// `tidegate run --capture` in the node namespace, serving `config` (file name → text),
     /// with `extra` arguments; returns once the configuration is served.
     pub fn tidegate(&self, log: &str, config: &[(&str, String)], extra: &[&str]) -> Proc {
@@ -474,6 +504,7 @@ fn require_root_and_tools() {
         ("nft", "nftables"),
         ("curl", "curl"),
         ("setpriv", "util-linux"),
+        ("socat", "socat"),
     ] {
         let found = Command::new("sh")
             .args([
