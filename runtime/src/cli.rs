@@ -127,6 +127,9 @@ pub struct EchoArgs {
     /// h2c (HTTP/2 prior knowledge) address to serve.
     #[arg(long)]
     pub h2c_listen: Option<SocketAddr>,
+    /// UDP address to serve: each datagram is answered with the client address it came from.
+    #[arg(long)]
+    pub udp_listen: Option<SocketAddr>,
     /// Namespace reported in responses.
     #[arg(long, default_value = "default")]
     pub namespace: String,

@@ -79,6 +79,7 @@ fn echo(args: crate::cli::EchoArgs) -> anyhow::Result<ExitCode> {
     let options = crate::echo::EchoOptions {
         listen: args.listen,
         h2c_listen: args.h2c_listen,
+        udp_listen: args.udp_listen,
         namespace: args.namespace,
         pod: args.pod,
         service: args.service,

@@ -64,6 +64,7 @@ async fn start_backends(ip: IpAddr) -> anyhow::Result<String> {
             let options = EchoOptions {
                 listen: addr,
                 h2c_listen: None,
+                udp_listen: None,
                 namespace: "demo".into(),
                 pod: pod.clone(),
                 service: service.to_string(),

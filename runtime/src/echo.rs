@@ -47,6 +47,9 @@ pub struct EchoOptions {
     pub listen: SocketAddr,
     /// Cleartext HTTP/2 (prior knowledge) listener (echo-basic's port 3001).
     pub h2c_listen: Option<SocketAddr>,
+    /// UDP socket: each datagram is answered with `pod=<pod> peer=<ip> port=<port>`, the
+    /// client address it came from.
+    pub udp_listen: Option<SocketAddr>,
     /// Reported as `namespace` (echo-basic's `NAMESPACE`).
     pub namespace: String,
     /// Reported as `pod` (echo-basic's `POD_NAME`).
@@ -63,11 +66,24 @@ pub async fn serve(opts: EchoOptions) -> io::Result<()> {
         Some(addr) => Some(bind(addr, "h2c").await?),
         None => None,
     };
+    let udp = match opts.udp_listen {
+        Some(addr) => Some(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|err| io::Error::new(err.kind(), format!("echo: cannot listen (udp) on {addr}: {err}")))?,
+        ),
+        None => None,
+    };
     let http_port = http.local_addr()?.port();
     announce(http_port, "http");
     if let Some(listener) = &h2c {
         announce(listener.local_addr()?.port(), "h2c");
     }
+    if let Some(socket) = &udp {
+        announce(socket.local_addr()?.port(), "udp");
+    }
+    let udp = serve_udp(udp, opts.pod.clone());
+    tokio::pin!(udp);
 
     let shared = Arc::new(Shared {
         context: Context {
@@ -97,6 +113,29 @@ pub async fn serve(opts: EchoOptions) -> io::Result<()> {
                 Err(err) => accept_failed(err, "h2c").await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut udp => {}
+        }
+    }
+}
+
+/// Answers every datagram with the client address it came from (never returns; pending
+/// without a socket).
+async fn serve_udp(socket: Option<tokio::net::UdpSocket>, pod: String) {
+    let Some(socket) = socket else {
+        return std::future::pending().await;
+    };
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((_, peer)) => {
+                let answer = format!("pod={pod} peer={} port={}\n", peer.ip(), peer.port());
+                let _ = socket.send_to(answer.as_bytes(), peer).await;
+                print_line(&format!("Echoing back a datagram to client ({peer})"));
+            }
+            Err(err) => {
+                // An ICMP error for an earlier answer: not the socket's end.
+                tracing::debug!(error = %err, "echo: UDP receive failed");
+            }
         }
     }
 }

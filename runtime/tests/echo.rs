@@ -237,6 +237,7 @@ async fn bind_errors_name_the_address() {
     let err = tidegate::echo::serve(tidegate::echo::EchoOptions {
         listen: addr,
         h2c_listen: None,
+        udp_listen: None,
         namespace: "ns".into(),
         pod: "p".into(),
         service: "s".into(),

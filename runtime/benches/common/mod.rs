@@ -460,6 +460,12 @@ impl Load {
 /// Warms up, then runs wrk (one thread, on the client CPU) against `url`, measuring the CPU
 /// time `proxy_pid` spends meanwhile. Panics if any response was not 2xx/3xx or a socket failed.
 pub fn wrk(url: &str, load: Load, proxy_pid: Option<u32>) -> Measured {
+    wrk_in(None, url, &[], load, proxy_pid)
+}
+
+/// As [`wrk`], run inside network namespace `netns` when given, with extra wrk arguments.
+pub fn wrk_in(netns: Option<&str>, url: &str, extra: &[&str], load: Load, proxy_pid: Option<u32>) -> Measured {
+    let run_wrk = |url: &str, seconds: u64, connections: u64| run_wrk(netns, url, extra, seconds, connections);
     if load.warmup_seconds > 0 {
         run_wrk(url, load.warmup_seconds, load.connections);
     }
@@ -507,9 +513,18 @@ pub fn wrk(url: &str, load: Load, proxy_pid: Option<u32>) -> Measured {
     measured
 }
 
-fn run_wrk(url: &str, seconds: u64, connections: u64) -> String {
-    let output = Command::new("taskset")
+fn run_wrk(netns: Option<&str>, url: &str, extra: &[&str], seconds: u64, connections: u64) -> String {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, "taskset"]);
+            command
+        }
+        None => Command::new("taskset"),
+    };
+    let output = command
         .args(["-c", CLIENT_CPU, "wrk", "-t1"])
+        .args(extra)
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .args(["--latency", url])

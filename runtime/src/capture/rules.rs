@@ -99,7 +99,11 @@ impl CapturePlan {
     /// on loopback and not yet marked):
     /// 1. packets for a local transparent socket (replies to tidegate's upstream sockets, which
     ///    carry a client's address, and the rest of captured connections) get the mark, so the
-    ///    policy route delivers them locally instead of forwarding them;
+    ///    policy route delivers them locally instead of forwarding them. A TCP SYN is never
+    ///    matched here: a client reusing its port while tidegate's end of the previous
+    ///    connection is in TIME_WAIT would hit that TIME_WAIT socket (transparent too), find no
+    ///    listener behind it and retransmit a second later; the TPROXY rules below hand such a
+    ///    SYN to the listener instead;
     /// 2. new TCP and UDP to a Service frontend (ClusterIP, externalIP, load-balancer IP;
     ///    address, protocol and port), from any client, go to the transparent listeners;
     /// 3. new TCP to a node port on one of the node's own addresses goes to the inbound
@@ -124,7 +128,8 @@ impl CapturePlan {
              \tset {NODE_PORTS_SET} {{ type inet_service; }}\n\
              \tchain prerouting {{\n\
              \t\ttype filter hook prerouting priority mangle; policy accept;\n\
-             \t\tmeta l4proto {{ tcp, udp }} socket transparent 1 meta mark set {MARK:#x} accept\n\
+             \t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set {MARK:#x} accept\n\
+             \t\tmeta l4proto udp socket transparent 1 meta mark set {MARK:#x} accept\n\
              \t\t{new} meta l4proto tcp ip daddr . meta l4proto . th dport @{SERVICES_SET} \
              tproxy to :{port} meta mark set {MARK:#x} accept\n\
              \t\t{new} meta l4proto udp ip daddr . meta l4proto . th dport @{SERVICES_SET} \
@@ -249,7 +254,11 @@ mod tests {
         let rules: Vec<&str> = text.lines().map(str::trim).collect();
         let socket = rules
             .iter()
-            .position(|l| l.starts_with("meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7467 accept"))
+            .position(|l| {
+                l.starts_with(
+                    "meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x7467 accept",
+                )
+            })
             .expect("the transparent-socket rule");
         let tproxy = rules
             .iter()
@@ -299,7 +308,7 @@ mod tests {
             udp.contains("meta l4proto udp ip daddr . meta l4proto . th dport @services tproxy to :15001 meta mark set 0x7467 accept"),
             "{udp}"
         );
-        assert!(rules.contains(&"meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x7467 accept"));
+        assert!(rules.contains(&"meta l4proto udp socket transparent 1 meta mark set 0x7467 accept"));
         let node_ports = rules[at("@node_ports")];
         assert!(
             node_ports.contains("fib daddr type local meta l4proto tcp tcp dport @node_ports tproxy to :15006"),

@@ -28,11 +28,15 @@ use tokio::sync::watch;
 
 use super::pick::Picker;
 use super::published::{Published, Publisher};
+use super::splice::{self, Ended};
 use crate::capture::PodCidr;
 use crate::snapshot::{Frontend, L4Endpoint, Snapshot};
 
 /// How long connecting to one endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A forwarded connection with no byte either way for this long is closed (Envoy's TCP proxy
+/// default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The bound transparent listeners (SO_REUSEPORT: one TCP listener of each per thread).
 pub struct Listeners {
@@ -237,6 +241,10 @@ async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<Tcp
             IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
             IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
         }
+        // The port is chosen at connect(), unique for the whole 4-tuple: bind() with port 0
+        // would search for a port free for the address alone, slow with many connections in
+        // TIME_WAIT and limited to one range for every endpoint.
+        set_bind_address_no_port(&socket)?;
         socket.bind(&SocketAddr::new(client, 0).into())?;
     }
     socket.set_nonblocking(true)?;
@@ -248,13 +256,39 @@ async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<Tcp
     Ok(stream)
 }
 
-/// Copies both ways; each side's end of stream is passed on as a half-close (FIN).
-async fn forward(mut client: TcpStream, mut upstream: TcpStream) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "connection ended with an error");
-        // Pass a reset on rather than pretending a clean end.
-        reset(client);
-        reset(upstream);
+/// IP_BIND_ADDRESS_NO_PORT (Linux 4.2).
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and a pointer to an int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Forwards both ways with splice(2) (half-closes passed on) until both sides end, the
+/// connection idles for [`IDLE_TIMEOUT`], or one side fails (then both are reset).
+async fn forward(client: TcpStream, upstream: TcpStream) {
+    match splice::forward(&client, &upstream, IDLE_TIMEOUT).await {
+        Ok(Ended::Closed(up, down)) => tracing::trace!(up, down, "connection ended"),
+        Ok(Ended::Idle) => tracing::debug!(timeout = ?IDLE_TIMEOUT, "idle connection closed"),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection ended with an error");
+            // Pass a reset on rather than pretending a clean end.
+            reset(client);
+            reset(upstream);
+        }
     }
 }
 

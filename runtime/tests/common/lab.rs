@@ -176,22 +176,25 @@ impl Lab {
         echo
     }
 
-    /// A UDP server in `pod` on `port` (socat): each datagram is answered with
-    /// `pod=<name> peer=<the client address it saw>`.
+    /// `tidegate echo` answering UDP in `pod` on `port` (and HTTP on `port`): each datagram
+    /// is answered with `pod=<name> peer=<client address> port=<client port>`.
     pub fn udp_echo(&self, pod: &Pod, port: u16, name: &str) -> Proc {
         let server = self.spawn(
             &pod.netns,
             &format!("udp-{name}"),
             &[],
             &[
-                "socat",
-                "-d",
-                "-d",
-                &format!("UDP4-RECVFROM:{port},bind={},fork", pod.ip),
-                &format!("SYSTEM:echo pod={name} peer=$SOCAT_PEERADDR"),
+                BIN,
+                "echo",
+                "--listen",
+                &format!("{}:{port}", pod.ip),
+                "--udp-listen",
+                &format!("{}:{port}", pod.ip),
+                "--pod",
+                name,
             ],
         );
-        server.wait_for_log("receiving on", STARTUP);
+        server.wait_for_log(&format!("listening on port {port} (udp)"), STARTUP);
         server
     }
 
