@@ -103,6 +103,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
                 },
                 plan.pod_cidrs.clone(),
                 &publisher,
+                metrics.clone(),
             )
             .context("starting the L4 threads")?;
             Some(Capture::install(plan).context("installing the capture")?)
@@ -163,7 +164,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             );
             metrics.config_loaded(version, &store.errors);
             if let Some(capture) = capture.as_ref() {
-                captured.apply(capture, &snapshot);
+                captured.apply(capture, &snapshot, &metrics);
             }
             publisher.publish(Published::new(
                 snapshot,
@@ -193,7 +194,7 @@ struct CapturedFrontends {
 impl CapturedFrontends {
     /// Puts `snapshot`'s Service frontends in the capture's sets. Pods' connections are
     /// captured whatever the sets hold; the sets add clients outside the pod networks.
-    fn apply(&mut self, capture: &Capture, snapshot: &crate::snapshot::Snapshot) {
+    fn apply(&mut self, capture: &Capture, snapshot: &crate::snapshot::Snapshot, metrics: &Metrics) {
         let table = &snapshot.services;
         let tcp = table.by_address.keys().map(|a| (Transport::Tcp, a));
         let udp = table.udp_by_address.keys().map(|a| (Transport::Udp, a));
@@ -219,6 +220,7 @@ impl CapturedFrontends {
                 self.node_ports = node_ports;
             }
             Err(e) => {
+                metrics.capture_set_error();
                 tracing::error!(error = %e, "cannot update the capture's Service sets; traffic from outside the pod networks to new Services is not captured")
             }
         }

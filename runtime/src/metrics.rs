@@ -19,6 +19,77 @@ struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// What became of a connection the capture sent to the L4 path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Outcome {
+    /// Connected to a Service endpoint.
+    Forwarded,
+    /// Connected to its original destination (not a Service).
+    PassedThrough,
+    /// A Service port without an endpoint (for this client): reset.
+    NoEndpoint,
+    /// A ClusterIP port, or node port, no Service has: reset.
+    NoSuchPort,
+    /// No endpoint (or original destination) accepted the connection: reset.
+    ConnectFailed,
+}
+
+impl L4Outcome {
+    const ALL: [L4Outcome; 5] = [
+        L4Outcome::Forwarded,
+        L4Outcome::PassedThrough,
+        L4Outcome::NoEndpoint,
+        L4Outcome::NoSuchPort,
+        L4Outcome::ConnectFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            L4Outcome::Forwarded => "forwarded",
+            L4Outcome::PassedThrough => "passed_through",
+            L4Outcome::NoEndpoint => "no_endpoint",
+            L4Outcome::NoSuchPort => "no_such_port",
+            L4Outcome::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// What became of the first datagram of a UDP flow the capture sent to the L4 path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpOutcome {
+    /// A flow to a Service endpoint was opened.
+    Opened,
+    /// A Service port without an endpoint: dropped.
+    NoEndpoint,
+    /// No Service has that address and port (any longer): dropped.
+    NoSuchPort,
+    /// The flow's sockets could not be opened: dropped.
+    Failed,
+}
+
+impl UdpOutcome {
+    const ALL: [UdpOutcome; 4] = [
+        UdpOutcome::Opened,
+        UdpOutcome::NoEndpoint,
+        UdpOutcome::NoSuchPort,
+        UdpOutcome::Failed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            UdpOutcome::Opened => "opened",
+            UdpOutcome::NoEndpoint => "no_endpoint",
+            UdpOutcome::NoSuchPort => "no_such_port",
+            UdpOutcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FilterLabel {
     filter: String,
 }
@@ -47,6 +118,9 @@ pub struct Metrics {
     config_rejected: Counter,
     snapshot_version: Gauge<i64, AtomicI64>,
     bind_errors: Counter,
+    l4_connections: [Counter; 5],
+    udp_flows: [Counter; 4],
+    capture_set_errors: Counter,
 }
 
 impl Metrics {
@@ -114,9 +188,32 @@ impl Metrics {
             "Listener ports that could not be bound",
             bind_errors.clone(),
         );
+        let l4 = Family::<OutcomeLabel, Counter>::default();
+        let l4_connections = L4Outcome::ALL.map(|o| l4.get_or_create(&OutcomeLabel { outcome: o.label() }).clone());
+        registry.register(
+            "l4_connections",
+            "Connections the node capture sent to the L4 path, by outcome",
+            l4,
+        );
+        let udp = Family::<OutcomeLabel, Counter>::default();
+        let udp_flows = UdpOutcome::ALL.map(|o| udp.get_or_create(&OutcomeLabel { outcome: o.label() }).clone());
+        registry.register(
+            "l4_udp_flows",
+            "UDP flows the node capture sent to the L4 path (first datagrams), by outcome",
+            udp,
+        );
+        let capture_set_errors = Counter::default();
+        registry.register(
+            "capture_set_update_errors",
+            "Failed updates of the capture's Service sets (nftables)",
+            capture_set_errors.clone(),
+        );
         Self {
             registry,
             requests_by_class,
+            l4_connections,
+            udp_flows,
+            capture_set_errors,
             connections,
             filter_failures,
             body_buffer_limits,
@@ -175,6 +272,18 @@ impl Metrics {
 
     pub fn bind_error(&self) {
         self.bind_errors.inc();
+    }
+
+    pub fn l4_connection(&self, outcome: L4Outcome) {
+        self.l4_connections[outcome as usize].inc();
+    }
+
+    pub fn udp_flow(&self, outcome: UdpOutcome) {
+        self.udp_flows[outcome as usize].inc();
+    }
+
+    pub fn capture_set_error(&self) {
+        self.capture_set_errors.inc();
     }
 
     /// The Prometheus text exposition of every metric, the filters' own included.
@@ -259,6 +368,35 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use super::{L4Outcome, UdpOutcome};
+
+    #[test]
+    fn outcome_counters_are_indexed_by_their_declaration_order() {
+        for (i, outcome) in L4Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+        for (i, outcome) in UdpOutcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+        let metrics = super::Metrics::new();
+        metrics.l4_connection(L4Outcome::NoSuchPort);
+        metrics.udp_flow(UdpOutcome::Opened);
+        let out = metrics.encode();
+        assert!(
+            out.contains("tidegate_l4_connections_total{outcome=\"no_such_port\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tidegate_l4_connections_total{outcome=\"forwarded\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tidegate_l4_udp_flows_total{outcome=\"opened\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("tidegate_capture_set_update_errors_total 0\n"), "{out}");
+    }
+
     use super::*;
 
     #[test]

@@ -145,6 +145,20 @@ fn cluster_ip_tcp_reaches_an_endpoint_with_the_client_address_kept() {
         tidegate.log()
     );
 
+    // Every outcome is counted.
+    let l4 = |outcome: &str| lab.metric(&format!("tidegate_l4_connections_total{{outcome=\"{outcome}\"}}"));
+    assert_eq!(
+        [
+            "forwarded",
+            "passed_through",
+            "no_endpoint",
+            "no_such_port",
+            "connect_failed"
+        ]
+        .map(l4),
+        [4.0, 1.0, 1.0, 1.0, 0.0]
+    );
+
     // SIGTERM: the capture goes, somebody else's table and rule stay, and pods still talk.
     let status = tidegate.stop("TERM", Duration::from_secs(10));
     assert!(status.success(), "tidegate exited with {status}:\n{}", tidegate.log());

@@ -398,4 +398,10 @@ spec:
 
     // No endpoint: the datagram is dropped, and nothing answers.
     assert_eq!(query(&pod0.netns, "10.96.74.2:53", 1), Vec::<String>::new());
+    let udp = |outcome: &str| lab.metric(&format!("tidegate_l4_udp_flows_total{{outcome=\"{outcome}\"}}"));
+    assert_eq!(
+        ["opened", "no_endpoint", "no_such_port", "failed"].map(udp),
+        [9.0, 1.0, 0.0, 0.0],
+        "UDP flows by outcome"
+    );
 }

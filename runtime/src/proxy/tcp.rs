@@ -30,6 +30,7 @@ use super::pick::Picker;
 use super::published::{Published, Publisher};
 use super::splice::{self, Ended};
 use crate::capture::PodCidr;
+use crate::metrics::{L4Outcome, Metrics};
 use crate::snapshot::{Frontend, L4Endpoint, Snapshot};
 
 /// How long connecting to one endpoint may take before the next one is tried.
@@ -114,10 +115,24 @@ pub fn bind_transparent(port: u16, count: usize) -> io::Result<Vec<std::net::Tcp
         .collect()
 }
 
+/// What every L4 thread shares.
+pub(super) struct L4State {
+    pub(super) picker: Picker,
+    pub(super) metrics: Arc<Metrics>,
+}
+
 /// Serves the listeners, one of each per thread with a current-thread runtime (the workers'
 /// model), until the process exits.
-pub fn start(listeners: Listeners, pod_cidrs: Vec<PodCidr>, publisher: &Publisher) -> io::Result<()> {
-    let shared = Arc::new(Picker::new(pod_cidrs));
+pub fn start(
+    listeners: Listeners,
+    pod_cidrs: Vec<PodCidr>,
+    publisher: &Publisher,
+    metrics: Arc<Metrics>,
+) -> io::Result<()> {
+    let shared = Arc::new(L4State {
+        picker: Picker::new(pod_cidrs),
+        metrics,
+    });
     let mut inbound = listeners.inbound.into_iter();
     let mut udp = listeners.udp;
     for (id, outbound) in listeners.outbound.into_iter().enumerate() {
@@ -162,7 +177,7 @@ pub fn start(listeners: Listeners, pod_cidrs: Vec<PodCidr>, publisher: &Publishe
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<Picker>) {
+async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4State>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
         let (stream, client) = match listener.accept().await {
@@ -184,28 +199,32 @@ async fn serve(
     entry: Entry,
     snapshot: Arc<Snapshot>,
     port: u16,
-    shared: Arc<Picker>,
+    shared: Arc<L4State>,
 ) {
     let _ = client.set_nodelay(true);
     let Ok(original) = client.local_addr() else { return };
-    let from_pod = shared.is_local_pod(peer.ip());
+    let (picker, metrics) = (&shared.picker, &shared.metrics);
+    let from_pod = picker.is_local_pod(peer.ip());
     let (frontend, candidates) = match destination(&snapshot, entry, original, from_pod) {
         Destination::Service { frontend, endpoints } if endpoints.is_empty() => {
             tracing::debug!(%peer, %original, cluster = frontend.cluster, "no endpoint: connection refused");
+            metrics.l4_connection(L4Outcome::NoEndpoint);
             return reset(client);
         }
         Destination::Service { frontend, endpoints } => {
-            let ordered = shared.order(&frontend, peer.ip(), &endpoints);
+            let ordered = picker.order(&frontend, peer.ip(), &endpoints);
             (Some(frontend), ordered)
         }
         Destination::NoSuchPort => {
             tracing::debug!(%peer, %original, "no such Service port: connection refused");
+            metrics.l4_connection(L4Outcome::NoSuchPort);
             return reset(client);
         }
         // Someone connected to the listener itself rather than being captured; forwarding
         // would connect back to it without end.
         Destination::PassThrough(addr) if addr.port() == port => {
             tracing::debug!(%peer, %original, "connection to the capture port itself: refused");
+            metrics.l4_connection(L4Outcome::NoSuchPort);
             return reset(client);
         }
         Destination::PassThrough(addr) => (None, vec![L4Endpoint { addr, local: false }]),
@@ -213,11 +232,15 @@ async fn serve(
     for endpoint in candidates {
         // Replies come back through this node only if the endpoint runs here or the client is
         // one of its pods; otherwise leave from the node's own address.
-        let keep_source = shared.keep_source(&endpoint, from_pod);
+        let keep_source = picker.keep_source(&endpoint, from_pod);
         match connect(keep_source.then_some(peer.ip()), endpoint.addr).await {
             Ok(upstream) => {
-                if let Some(frontend) = &frontend {
-                    shared.chosen(frontend, peer.ip(), endpoint.addr);
+                match &frontend {
+                    Some(frontend) => {
+                        picker.chosen(frontend, peer.ip(), endpoint.addr);
+                        metrics.l4_connection(L4Outcome::Forwarded);
+                    }
+                    None => metrics.l4_connection(L4Outcome::PassedThrough),
                 }
                 tracing::debug!(%peer, %original, endpoint = %endpoint.addr, keep_source, "forwarding");
                 return forward(client, upstream).await;
@@ -228,6 +251,7 @@ async fn serve(
         }
     }
     tracing::debug!(%peer, %original, "no endpoint accepted the connection");
+    metrics.l4_connection(L4Outcome::ConnectFailed);
     reset(client);
 }
 

@@ -29,8 +29,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::pick::Picker;
 use super::published::Published;
+use super::tcp::L4State;
+use crate::metrics::UdpOutcome;
 
 /// A flow that has only gone one way ends after this long without a datagram.
 pub const UNREPLIED_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,7 +124,8 @@ fn from_sockaddr(addr: &libc::sockaddr_in) -> SocketAddrV4 {
 }
 
 /// Serves the transparent UDP socket until the process exits.
-pub async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Published>>, picker: Arc<Picker>) {
+pub(super) async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4State>) {
+    let (picker, metrics) = (&shared.picker, &shared.metrics);
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
@@ -158,6 +160,7 @@ pub async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Publishe
         let snapshot = rx.borrow().snapshot.clone();
         let Some(frontend) = snapshot.services.udp_by_address.get(&SocketAddr::V4(original)).cloned() else {
             tracing::debug!(%client, %original, "UDP to no Service port: dropped");
+            metrics.udp_flow(UdpOutcome::NoSuchPort);
             continue;
         };
         let from_pod = picker.is_local_pod(IpAddr::V4(*client.ip()));
@@ -172,6 +175,7 @@ pub async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Publishe
             .copied()
         else {
             tracing::debug!(%client, %original, cluster = frontend.cluster, "no endpoint: UDP dropped");
+            metrics.udp_flow(UdpOutcome::NoEndpoint);
             continue;
         };
         let keep_source = picker.keep_source(&endpoint, from_pod);
@@ -180,10 +184,12 @@ pub async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Publishe
             Ok(sockets) => sockets,
             Err(e) => {
                 tracing::warn!(%client, %original, endpoint = %endpoint.addr, error = %e, "cannot open a UDP flow");
+                metrics.udp_flow(UdpOutcome::Failed);
                 continue;
             }
         };
         picker.chosen(&frontend, IpAddr::V4(*client.ip()), endpoint.addr);
+        metrics.udp_flow(UdpOutcome::Opened);
         tracing::debug!(%client, %original, endpoint = %endpoint.addr, keep_source, "UDP flow");
         let (tx, inbox) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(datagram);

@@ -253,6 +253,17 @@ impl Lab {
         }
     }
 
+    /// A sample of tidegate's `/metrics` (admin on 127.0.0.1:15000 in the node namespace), by
+    /// its full name with labels (`tidegate_l4_connections_total{outcome="forwarded"}`).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let output = self.exec(&self.node, &["curl", "-sS", "http://127.0.0.1:15000/metrics"]);
+        let text = stdout(&output);
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
+    }
+
     /// nftables tables in the node namespace, one per line (`table ip tidegate`).
     pub fn node_tables(&self) -> String {
         stdout(&self.exec(&self.node, &["nft", "list", "tables"]))
