@@ -12,6 +12,7 @@ mod listener;
 mod pick;
 mod published;
 pub(crate) mod services;
+mod sockopt;
 mod splice;
 pub mod tcp;
 mod tls;

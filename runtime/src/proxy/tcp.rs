@@ -268,7 +268,7 @@ async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<Tcp
         // The port is chosen at connect(), unique for the whole 4-tuple: bind() with port 0
         // would search for a port free for the address alone, slow with many connections in
         // TIME_WAIT and limited to one range for every endpoint.
-        set_bind_address_no_port(&socket)?;
+        super::sockopt::enable_ip_option(&socket, libc::IP_BIND_ADDRESS_NO_PORT)?;
         socket.bind(&SocketAddr::new(client, 0).into())?;
     }
     socket.set_nonblocking(true)?;
@@ -278,27 +278,6 @@ async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<Tcp
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// IP_BIND_ADDRESS_NO_PORT (Linux 4.2).
-fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket, and a pointer to an int of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Forwards both ways with splice(2) (half-closes passed on) until both sides end, the

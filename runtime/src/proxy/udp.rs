@@ -50,29 +50,10 @@ pub fn bind_transparent(port: u16) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_ip_transparent_v4(true)?;
     socket.set_reuse_address(true)?;
-    set_recv_original_destination(&socket)?;
+    super::sockopt::enable_ip_option(&socket, libc::IP_RECVORIGDSTADDR)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
     Ok(socket.into())
-}
-
-fn set_recv_original_destination(socket: &Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket, and a pointer to an int of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_IP,
-            libc::IP_RECVORIGDSTADDR,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// One datagram: (length, client, original destination).
