@@ -89,17 +89,19 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
             };
             let outbound = bind(plan.port, "--capture-port")?;
             let inbound = bind(plan.inbound_port, "--capture-inbound-port")?;
-            let udp = crate::proxy::udp::bind_transparent(plan.port).with_context(|| {
-                format!(
-                    "cannot bind the transparent UDP socket on port {}; choose another with --capture-port",
-                    plan.port
-                )
-            })?;
+            let bind_udp = |port: u16, flag: &str| {
+                crate::proxy::udp::bind_transparent(port).with_context(|| {
+                    format!("cannot bind the transparent UDP socket on port {port}; choose another with {flag}")
+                })
+            };
+            let udp = bind_udp(plan.port, "--capture-port")?;
+            let udp_inbound = bind_udp(plan.inbound_port, "--capture-inbound-port")?;
             crate::proxy::tcp::start(
                 crate::proxy::tcp::Listeners {
                     outbound,
                     inbound,
                     udp: Some(udp),
+                    udp_inbound: Some(udp_inbound),
                 },
                 plan.pod_cidrs.clone(),
                 &publisher,
@@ -188,7 +190,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
 #[derive(Debug, Default)]
 struct CapturedFrontends {
     services: Vec<(Transport, std::net::SocketAddrV4)>,
-    node_ports: Vec<u16>,
+    node_ports: Vec<(Transport, u16)>,
 }
 
 impl CapturedFrontends {
@@ -205,7 +207,9 @@ impl CapturedFrontends {
                 SocketAddr::V6(_) => None,
             })
             .collect();
-        let node_ports: Vec<u16> = snapshot.services.node_ports.keys().copied().collect();
+        let tcp_node_ports = table.node_ports.keys().map(|p| (Transport::Tcp, *p));
+        let udp_node_ports = table.udp_node_ports.keys().map(|p| (Transport::Udp, *p));
+        let node_ports: Vec<(Transport, u16)> = tcp_node_ports.chain(udp_node_ports).collect();
         if services == self.services && node_ports == self.node_ports {
             return;
         }

@@ -40,8 +40,10 @@ pub struct ServiceTable {
     pub by_address: BTreeMap<SocketAddr, Arc<Frontend>>,
     /// The same for UDP ports.
     pub udp_by_address: BTreeMap<SocketAddr, Arc<Frontend>>,
-    /// By node port (served on the node's own addresses).
+    /// By TCP node port (served on the node's own addresses).
     pub node_ports: BTreeMap<u16, Arc<Frontend>>,
+    /// By UDP node port.
+    pub udp_node_ports: BTreeMap<u16, Arc<Frontend>>,
     /// Every ClusterIP: a port no Service has on one is refused, as kube-proxy rejects it.
     pub virtual_ips: BTreeSet<IpAddr>,
 }

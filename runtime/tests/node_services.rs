@@ -321,9 +321,11 @@ fn udp_to_a_service_is_forwarded_per_flow() {
 kind: Service
 metadata: {{name: dns, namespace: default}}
 spec:
+  type: NodePort
   clusterIP: 10.96.74.1
   externalIPs: [{UDP_EXTERNAL_IP}]
-  ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: dns-tcp, port: 53, protocol: TCP}}]
+  externalTrafficPolicy: Local
+  ports: [{{name: dns, port: 53, protocol: UDP, nodePort: 30053}}, {{name: dns-tcp, port: 53, protocol: TCP, nodePort: 30054}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -380,7 +382,8 @@ spec:
         "a flow changed endpoints or source ports: {replies:?}"
     );
 
-    // From outside, to the externalIP: node A's endpoint sees the client, node B's sees node A.
+    // From outside, to the externalIP (externalTrafficPolicy Local): only node A's endpoint,
+    // which sees the client.
     let mut seen = BTreeSet::new();
     for _ in 0..4 {
         let replies = query(&node_b, &format!("{UDP_EXTERNAL_IP}:53"), 1);
@@ -388,12 +391,18 @@ spec:
         let (pod_and_peer, _port) = replies[0].rsplit_once(' ').expect("pod=.. peer=.. port=..");
         seen.insert(pod_and_peer.to_string());
     }
+    assert_eq!(seen, set(&[&format!("pod=a1 peer={node_b_ip}")]));
+
+    // The UDP node port, from outside: the same.
+    let replies = query(&node_b, &format!("{}:30053", lab.node_ip), 2);
     assert_eq!(
-        seen,
-        set(&[
-            &format!("pod=a1 peer={node_b_ip}"),
-            &format!("pod=b1 peer={}", lab.node_ip)
-        ])
+        replies
+            .iter()
+            .map(|r| r.rsplit_once(' ').map(|(p, _)| p).unwrap_or(r))
+            .collect::<Vec<_>>(),
+        vec![format!("pod=a1 peer={node_b_ip}"); 2],
+        "{}",
+        tidegate.log()
     );
 
     // No endpoint: the datagram is dropped, and nothing answers.
@@ -401,7 +410,7 @@ spec:
     let udp = |outcome: &str| lab.metric(&format!("tidegate_l4_udp_flows_total{{outcome=\"{outcome}\"}}"));
     assert_eq!(
         ["opened", "no_endpoint", "no_such_port", "failed"].map(udp),
-        [9.0, 1.0, 0.0, 0.0],
+        [10.0, 1.0, 0.0, 0.0],
         "UDP flows by outcome"
     );
 }

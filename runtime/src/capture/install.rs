@@ -118,7 +118,7 @@ impl Capture {
     pub fn update_sets(
         &self,
         services: &[(rules::Transport, std::net::SocketAddrV4)],
-        node_ports: &[u16],
+        node_ports: &[(rules::Transport, u16)],
     ) -> Result<(), CaptureError> {
         self.tools.nft(&rules::sets_ruleset(services, node_ports))
     }

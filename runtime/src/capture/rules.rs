@@ -106,8 +106,8 @@ impl CapturePlan {
     ///    SYN to the listener instead;
     /// 2. new TCP and UDP to a Service frontend (ClusterIP, externalIP, load-balancer IP;
     ///    address, protocol and port), from any client, go to the transparent listeners;
-    /// 3. new TCP to a node port on one of the node's own addresses goes to the inbound
-    ///    listener;
+    /// 3. new TCP and UDP to a node port (protocol and port) on one of the node's own
+    ///    addresses go to the inbound listeners;
     /// 4. new TCP from the pod networks not addressed to the node itself goes to the
     ///    transparent listener (pod to pod: straight through, with the policy hook).
     ///
@@ -125,7 +125,7 @@ impl CapturePlan {
              delete table {TABLE}\n\
              table {TABLE} {{\n\
              \tset {SERVICES_SET} {{ type ipv4_addr . inet_proto . inet_service; }}\n\
-             \tset {NODE_PORTS_SET} {{ type inet_service; }}\n\
+             \tset {NODE_PORTS_SET} {{ type inet_proto . inet_service; }}\n\
              \tchain prerouting {{\n\
              \t\ttype filter hook prerouting priority mangle; policy accept;\n\
              \t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set {MARK:#x} accept\n\
@@ -134,7 +134,9 @@ impl CapturePlan {
              tproxy to :{port} meta mark set {MARK:#x} accept\n\
              \t\t{new} meta l4proto udp ip daddr . meta l4proto . th dport @{SERVICES_SET} \
              tproxy to :{port} meta mark set {MARK:#x} accept\n\
-             \t\t{new} fib daddr type local meta l4proto tcp tcp dport @{NODE_PORTS_SET} \
+             \t\t{new} fib daddr type local meta l4proto tcp meta l4proto . th dport @{NODE_PORTS_SET} \
+             tproxy to :{inbound} meta mark set {MARK:#x} accept\n\
+             \t\t{new} fib daddr type local meta l4proto udp meta l4proto . th dport @{NODE_PORTS_SET} \
              tproxy to :{inbound} meta mark set {MARK:#x} accept\n\
              \t\t{new} ip saddr {{ {sources} }} fib daddr type != local \
              meta l4proto tcp tproxy to :{port} meta mark set {MARK:#x} accept\n\
@@ -164,9 +166,9 @@ impl Transport {
 }
 
 /// The ruleset that replaces the contents of the capture's sets, in one transaction: the
-/// IPv4 Service frontends (protocol and address) and the TCP node ports of a configuration
+/// IPv4 Service frontends and the node ports (each with its protocol) of a configuration
 /// version.
-pub fn sets_ruleset(services: &[(Transport, std::net::SocketAddrV4)], node_ports: &[u16]) -> String {
+pub fn sets_ruleset(services: &[(Transport, std::net::SocketAddrV4)], node_ports: &[(Transport, u16)]) -> String {
     let mut text = format!("flush set {TABLE} {SERVICES_SET}\nflush set {TABLE} {NODE_PORTS_SET}\n");
     if !services.is_empty() {
         let elements: Vec<String> = services
@@ -179,7 +181,10 @@ pub fn sets_ruleset(services: &[(Transport, std::net::SocketAddrV4)], node_ports
         ));
     }
     if !node_ports.is_empty() {
-        let elements: Vec<String> = node_ports.iter().map(u16::to_string).collect();
+        let elements: Vec<String> = node_ports
+            .iter()
+            .map(|(transport, port)| format!("{} . {port}", transport.name()))
+            .collect();
         text.push_str(&format!(
             "add element {TABLE} {NODE_PORTS_SET} {{ {} }}\n",
             elements.join(", ")
@@ -289,7 +294,10 @@ mod tests {
             text.contains("set services { type ipv4_addr . inet_proto . inet_service; }"),
             "{text}"
         );
-        assert!(text.contains("set node_ports { type inet_service; }"), "{text}");
+        assert!(
+            text.contains("set node_ports { type inet_proto . inet_service; }"),
+            "{text}"
+        );
         let rules: Vec<&str> = text.lines().map(str::trim).collect();
         let at = |needle: &str| {
             rules
@@ -309,12 +317,19 @@ mod tests {
             "{udp}"
         );
         assert!(rules.contains(&"meta l4proto udp socket transparent 1 meta mark set 0x7467 accept"));
-        let node_ports = rules[at("@node_ports")];
+        let node_ports = rules[at("tcp meta l4proto . th dport @node_ports")];
         assert!(
-            node_ports.contains("fib daddr type local meta l4proto tcp tcp dport @node_ports tproxy to :15006"),
+            node_ports
+                .contains("fib daddr type local meta l4proto tcp meta l4proto . th dport @node_ports tproxy to :15006"),
             "{node_ports}"
         );
-        for rule in [services, udp, node_ports] {
+        let udp_node_ports = rules[at("udp meta l4proto . th dport @node_ports")];
+        assert!(
+            udp_node_ports
+                .contains("fib daddr type local meta l4proto udp meta l4proto . th dport @node_ports tproxy to :15006"),
+            "{udp_node_ports}"
+        );
+        for rule in [services, udp, node_ports, udp_node_ports] {
             assert!(rule.starts_with("iifname != \"lo\" meta mark != 0x7467"), "{rule}");
         }
         assert!(at("socket transparent") < at("@services"));
@@ -332,10 +347,10 @@ mod tests {
             (Transport::Tcp, "192.0.2.7:443".parse().unwrap()),
         ];
         assert_eq!(
-            sets_ruleset(&services, &[30080, 30443]),
+            sets_ruleset(&services, &[(Transport::Tcp, 30080), (Transport::Udp, 30053)]),
             "flush set ip tidegate services\nflush set ip tidegate node_ports\n\
              add element ip tidegate services { 10.96.0.10 . tcp . 80, 10.96.0.10 . udp . 53, 192.0.2.7 . tcp . 443 }\n\
-             add element ip tidegate node_ports { 30080, 30443 }\n"
+             add element ip tidegate node_ports { tcp . 30080, udp . 30053 }\n"
         );
         assert_eq!(
             sets_ruleset(&[], &[]),

@@ -47,6 +47,8 @@ pub struct Listeners {
     pub inbound: Vec<std::net::TcpListener>,
     /// UDP to Service frontends (`--capture-port`, UDP), served by the first thread.
     pub udp: Option<std::net::UdpSocket>,
+    /// UDP to node ports (`--capture-inbound-port`, UDP), served by the first thread.
+    pub udp_inbound: Option<std::net::UdpSocket>,
 }
 
 /// Which listener accepted a connection: how its original destination is read.
@@ -135,9 +137,11 @@ pub fn start(
     });
     let mut inbound = listeners.inbound.into_iter();
     let mut udp = listeners.udp;
+    let mut udp_inbound = listeners.udp_inbound;
     for (id, outbound) in listeners.outbound.into_iter().enumerate() {
         let inbound = inbound.next();
         let udp = udp.take();
+        let udp_inbound = udp_inbound.take();
         let rx = publisher.subscribe();
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -165,12 +169,20 @@ pub fn start(
                             serve(inbound, Entry::Inbound).await
                         }
                     };
-                    let udp = async {
-                        if let Some(udp) = udp {
-                            super::udp::serve(udp, rx.clone(), shared.clone()).await
+                    let serve_udp = |socket: Option<std::net::UdpSocket>, entry: Entry| {
+                        let (rx, shared) = (rx.clone(), shared.clone());
+                        async move {
+                            if let Some(socket) = socket {
+                                super::udp::serve(socket, entry, rx, shared).await
+                            }
                         }
                     };
-                    tokio::join!(serve(outbound, Entry::Outbound), inbound, udp);
+                    tokio::join!(
+                        serve(outbound, Entry::Outbound),
+                        inbound,
+                        serve_udp(udp, Entry::Outbound),
+                        serve_udp(udp_inbound, Entry::Inbound)
+                    );
                 });
             })?;
     }
@@ -536,11 +548,15 @@ spec: {type: ExternalName, externalName: example.org, ports: [{port: 80}]}
         assert_eq!(kind(Entry::Outbound, "192.0.2.10:80"), FrontendKind::ExternalIp);
         assert_eq!(kind(Entry::Outbound, "198.51.100.7:80"), FrontendKind::LoadBalancer);
         assert_eq!(kind(Entry::Inbound, "10.0.0.1:30080"), FrontendKind::NodePort);
-        // The UDP port's node port is not a TCP frontend; neither is a ClusterIP Service's
-        // stray nodePort, nor an ExternalName Service.
+        // The UDP port's node port is not a TCP frontend (it is a UDP one); neither is a
+        // ClusterIP Service's stray nodePort, nor an ExternalName Service.
         assert_eq!(
             snapshot.services.node_ports.keys().copied().collect::<Vec<_>>(),
             [30080, 30090, 30091]
+        );
+        assert_eq!(
+            snapshot.services.udp_node_ports.keys().copied().collect::<Vec<_>>(),
+            [30081]
         );
         assert_eq!(
             endpoints(&snapshot, Entry::Inbound, "10.0.0.1:30081", false),

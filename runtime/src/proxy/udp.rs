@@ -1,8 +1,9 @@
 //! UDP to Service frontends on the captured L4 path, forwarded per flow as kube-proxy's
 //! conntrack entries would carry it.
 //!
-//! The capture sends UDP addressed to a Service frontend to one transparent socket with
-//! IP_RECVORIGDSTADDR, which reads each datagram's original destination. The first datagram of
+//! The capture sends UDP addressed to a Service frontend (and, to a second socket, UDP to a
+//! node port) to a transparent socket with IP_RECVORIGDSTADDR, which reads each datagram's
+//! original destination. The first datagram of
 //! a flow (client address and port → frontend) picks an endpoint and opens two sockets:
 //! - the client side, bound (IP_TRANSPARENT) to the frontend's address and port and connected
 //!   to the client: replies leave from the address the client sent to, and the capture's
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::published::Published;
-use super::tcp::L4State;
+use super::tcp::{Entry, L4State};
 use crate::metrics::UdpOutcome;
 
 /// A flow that has only gone one way ends after this long without a datagram.
@@ -105,7 +106,12 @@ fn from_sockaddr(addr: &libc::sockaddr_in) -> SocketAddrV4 {
 }
 
 /// Serves the transparent UDP socket until the process exits.
-pub(super) async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4State>) {
+pub(super) async fn serve(
+    socket: std::net::UdpSocket,
+    entry: Entry,
+    rx: watch::Receiver<Arc<Published>>,
+    shared: Arc<L4State>,
+) {
     let (picker, metrics) = (&shared.picker, &shared.metrics);
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
@@ -139,7 +145,12 @@ pub(super) async fn serve(socket: std::net::UdpSocket, rx: watch::Receiver<Arc<P
             flows.retain(|_, f| !f.is_closed());
         }
         let snapshot = rx.borrow().snapshot.clone();
-        let Some(frontend) = snapshot.services.udp_by_address.get(&SocketAddr::V4(original)).cloned() else {
+        let services = &snapshot.services;
+        let frontend = match entry {
+            Entry::Outbound => services.udp_by_address.get(&SocketAddr::V4(original)),
+            Entry::Inbound => services.udp_node_ports.get(&original.port()),
+        };
+        let Some(frontend) = frontend.cloned() else {
             tracing::debug!(%client, %original, "UDP to no Service port: dropped");
             metrics.udp_flow(UdpOutcome::NoSuchPort);
             continue;

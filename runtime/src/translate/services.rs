@@ -259,12 +259,15 @@ pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &H
                     by_address.insert(SocketAddr::new(*ip, port.port), shared.clone());
                 }
             }
-            // Node ports are captured for TCP only (UDP node ports are not served yet).
             if let Some(node_port) = port.node_port
-                && !udp
                 && matches!(spec.kind.as_deref(), Some("NodePort" | "LoadBalancer"))
             {
-                table.node_ports.insert(node_port, frontend(FrontendKind::NodePort));
+                let node_ports = if udp {
+                    &mut table.udp_node_ports
+                } else {
+                    &mut table.node_ports
+                };
+                node_ports.insert(node_port, frontend(FrontendKind::NodePort));
             }
         }
     }
