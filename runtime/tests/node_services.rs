@@ -407,10 +407,68 @@ spec:
 
     // No endpoint: the datagram is dropped, and nothing answers.
     assert_eq!(query(&pod0.netns, "10.96.74.2:53", 1), Vec::<String>::new());
+    // A flow whose endpoint goes away ends with the version that removes it: the client's
+    // next datagram starts a flow to the current endpoint (a DNS client must not keep
+    // talking to a pod that is gone).
+    let moving = |ip: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: moving, namespace: default}}
+spec:
+  clusterIP: 10.96.74.3
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: moving-1, namespace: default, labels: {{kubernetes.io/service-name: moving}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 9053, protocol: UDP}}]
+endpoints:
+- {{addresses: [{ip}]}}
+"#
+        )
+    };
+    let loaded = || tidegate.log().matches("configuration loaded").count();
+    // Written whole and renamed into place, as editors and ConfigMap volumes do, so no version
+    // is read from a half-written file.
+    let write_moving = |ip: &str| {
+        let staged = lab.path("moving.yaml.staged");
+        std::fs::write(&staged, moving(ip)).expect("write moving.yaml");
+        std::fs::rename(&staged, lab.path("config").join("moving.yaml")).expect("rename moving.yaml");
+    };
+    let before = loaded();
+    write_moving(a1_ip);
+    let start = std::time::Instant::now();
+    while loaded() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "moving.yaml was never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let replies = std::thread::scope(|scope| {
+        let flow = scope.spawn(|| lab.udp_query(&pod0.netns, "10.96.74.3:53", 16, Duration::from_millis(250)));
+        std::thread::sleep(Duration::from_millis(750));
+        write_moving(b1_ip);
+        flow.join().expect("the UDP client")
+    });
+    let pods: Vec<&str> = replies
+        .iter()
+        .map(|r| r.split(' ').next().unwrap_or_default())
+        .collect();
+    let switched = pods.iter().position(|p| *p == "pod=b1").unwrap_or(pods.len());
+    assert!(
+        switched > 0 && switched < pods.len() && pods[switched..].iter().all(|p| *p == "pod=b1"),
+        "the flow should move from a1 to b1 once, for good: {pods:?}\n{}",
+        tidegate.log()
+    );
+    assert!(pods[..switched].iter().all(|p| *p == "pod=a1"), "{pods:?}");
+
     let udp = |outcome: &str| lab.metric(&format!("tidegate_l4_udp_flows_total{{outcome=\"{outcome}\"}}"));
     assert_eq!(
         ["opened", "no_endpoint", "no_such_port", "failed"].map(udp),
-        [10.0, 1.0, 0.0, 0.0],
+        [12.0, 1.0, 0.0, 0.0],
         "UDP flows by outcome"
     );
 }

@@ -12,7 +12,8 @@
 //!   when the replies come back through this node (as for TCP; see [`super::pick`]).
 //!
 //! A flow ends after [`UNREPLIED_TIMEOUT`] without a datagram, or [`STREAM_TIMEOUT`] once
-//! datagrams have gone both ways for a while (conntrack's UDP timeouts). A frontend with no
+//! datagrams have gone both ways for a while (conntrack's UDP timeouts), and at once when a
+//! configuration version removes its endpoint from the frontend. A frontend with no
 //! endpoint drops the datagram (kube-proxy answers ICMP port unreachable; a user-space socket
 //! cannot).
 
@@ -186,7 +187,39 @@ pub(super) async fn serve(
         let (tx, inbox) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(datagram);
         flows.insert(key, tx);
-        tokio::spawn(relay(downstream, upstream, inbox));
+        let route = FlowRoute {
+            entry,
+            original,
+            endpoint: endpoint.addr,
+        };
+        tokio::spawn(relay(downstream, upstream, inbox, rx.clone(), route));
+    }
+}
+
+/// Where a flow was sent: it ends when a configuration version no longer has that endpoint
+/// behind that frontend, so the client's next datagram starts a flow to a current endpoint
+/// (as kube-proxy clears a removed endpoint's UDP conntrack entries: a DNS client must not
+/// keep sending to a pod that is gone).
+#[derive(Debug, Clone, Copy)]
+struct FlowRoute {
+    entry: Entry,
+    original: SocketAddrV4,
+    endpoint: SocketAddr,
+}
+
+impl FlowRoute {
+    fn still_valid(&self, snapshot: &crate::snapshot::Snapshot) -> bool {
+        let services = &snapshot.services;
+        let frontend = match self.entry {
+            Entry::Outbound => services.udp_by_address.get(&SocketAddr::V4(self.original)),
+            Entry::Inbound => services.udp_node_ports.get(&self.original.port()),
+        };
+        frontend.is_some_and(|f| {
+            f.from_pods
+                .iter()
+                .chain(&f.from_outside)
+                .any(|e| e.addr == self.endpoint)
+        })
     }
 }
 
@@ -224,7 +257,13 @@ fn transparent_udp() -> io::Result<Socket> {
 }
 
 /// Carries one flow's datagrams both ways until it has been idle for its timeout.
-async fn relay(downstream: UdpSocket, upstream: UdpSocket, mut inbox: mpsc::Receiver<Vec<u8>>) {
+async fn relay(
+    downstream: UdpSocket,
+    upstream: UdpSocket,
+    mut inbox: mpsc::Receiver<Vec<u8>>,
+    mut versions: watch::Receiver<Arc<Published>>,
+    route: FlowRoute,
+) {
     let started = Instant::now();
     let mut replied = false;
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -260,6 +299,17 @@ async fn relay(downstream: UdpSocket, upstream: UdpSocket, mut inbox: mpsc::Rece
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break,
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let valid = route.still_valid(&versions.borrow_and_update().snapshot);
+                if !valid {
+                    tracing::debug!(endpoint = %route.endpoint, original = %route.original, "UDP flow ended: its endpoint is gone");
+                    break;
+                }
+                continue;
+            }
         }
         let stream = replied && started.elapsed() >= STREAM_AFTER;
         deadline = Instant::now() + if stream { STREAM_TIMEOUT } else { UNREPLIED_TIMEOUT };
