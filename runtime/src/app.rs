@@ -13,6 +13,7 @@ use crate::admission::{Admission, FilterAdmission};
 use crate::capture::{Capture, CapturePlan, Transport};
 use crate::config::dir::{DirSource, POLL_INTERVAL};
 use crate::config::{ConfigError, ObjectStore};
+use crate::external_names::ExternalNames;
 use crate::metrics::Metrics;
 use crate::modules::{ModuleRegistry, ResolvedFilter};
 use crate::proxy::services::SnapshotServices;
@@ -127,6 +128,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     let mut version = 0u64;
     let mut previous_errors: Vec<ConfigError> = Vec::new();
     let mut captured = CapturedFrontends::default();
+    let mut external_names = ExternalNames::default();
     let watch = async {
         let mut interval = tokio::time::interval(POLL_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,11 +143,14 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
                 }
                 None => match current.as_mut() {
                     Some(store) if modules.changed() => store,
+                    // An ExternalName backend's DNS answer changed.
+                    Some(store) if external_names.refresh().await => store,
                     _ => continue,
                 },
             };
             version += 1;
             let mut translation = translate::translate(store, &translate_options(rfc3339(SystemTime::now())));
+            external_names.fill(&mut translation.snapshot).await;
             let mut user_filters = modules.resolve(&translation.snapshot.filters);
             add_module_conditions(&mut translation.statuses, &user_filters);
             let services = SnapshotServices::new(Arc::new(translation.snapshot.clone()));

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod echo;
+pub mod external_names;
 pub mod filters;
 pub mod metrics;
 pub mod modules;

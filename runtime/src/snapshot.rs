@@ -149,6 +149,10 @@ impl fmt::Debug for ListenerCertificate {
 pub struct ClusterPlan {
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<SocketAddr>,
+    /// An ExternalName Service's DNS name and the port asked for: the endpoints are its
+    /// addresses, resolved by the control plane ([`crate::external_names`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<(String, u16)>,
 }
 
 /// The protocol spoken to a cluster's endpoints (from the Service port's appProtocol).

@@ -170,7 +170,8 @@ impl ClusterRegistry {
 }
 
 /// Endpoints of one Service port: the ready ones, or the serving-terminating ones when none is
-/// ready (see [`services`]).
+/// ready (see [`services`]). An ExternalName Service has none here: the control plane resolves
+/// its name.
 fn cluster_plan(endpoints: &services::EndpointIndex, service: &Service, namespace: &str, port: u16) -> ClusterPlan {
     let service_port = service.spec.ports.iter().find(|p| p.port == port);
     let port_name = service_port.and_then(|p| p.name.as_deref()).unwrap_or_default();
@@ -178,10 +179,18 @@ fn cluster_plan(endpoints: &services::EndpointIndex, service: &Service, namespac
         Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
         _ => UpstreamProtocol::Http1,
     };
+    if service.spec.kind.as_deref() == Some("ExternalName") {
+        return ClusterPlan {
+            protocol,
+            endpoints: Vec::new(),
+            external_name: service.spec.external_name.clone().map(|name| (name, port)),
+        };
+    }
     let candidates = endpoints.candidates(namespace, &service.metadata.name, port_name);
     ClusterPlan {
         protocol,
         endpoints: services::usable(&candidates).iter().map(|c| c.addr).collect(),
+        external_name: None,
     }
 }
 

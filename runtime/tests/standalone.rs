@@ -54,6 +54,15 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
         "routes.yaml",
         &format!("{}---\n{}", route("web", "/", "web"), route("h2c", "/h2c", "web-h2c")),
     );
+    // An ExternalName Service as a backend: its name is resolved (here a numeric name, so no
+    // query leaves the machine) and the backendRef's port is the port reached.
+    env.write(
+        "external.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: outside, namespace: ns}}\nspec: {{type: ExternalName, externalName: 127.0.0.1}}\n---\n{}",
+            route("external", "/external", "outside").replace("port: 8080", &format!("port: {}", backends[0].http))
+        ),
+    );
     env.start();
 
     let plain = curl(&[&env.url(80, "/hello?x=1")]);
@@ -63,6 +72,10 @@ fn serves_http1_h2c_and_tls_to_h1_and_h2c_upstreams() {
     assert_eq!(echoed["pod"], "web-0");
     assert_eq!(echoed["path"], "/hello?x=1");
     assert_eq!(echoed["proto"], "HTTP/1.1", "upstream is HTTP/1.1 by default");
+
+    let external = curl(&[&env.url(80, "/external/x")]);
+    assert_eq!(external.status, 200, "{}{}", external.headers, external.body);
+    assert_eq!(json(&external.body)["path"], "/external/x");
 
     let h2c = curl(&["--http2-prior-knowledge", &env.url(80, "/hello")]);
     assert_eq!((h2c.status, h2c.http_version.as_str()), (200, "2"), "{}", h2c.headers);

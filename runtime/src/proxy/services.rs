@@ -150,6 +150,7 @@ mod tests {
             ClusterPlan {
                 protocol: UpstreamProtocol::H2c,
                 endpoints: vec!["10.0.0.5:9000".parse().unwrap(), "10.0.0.6:9000".parse().unwrap()],
+                external_name: None,
             },
         );
         snapshot.workloads.insert(

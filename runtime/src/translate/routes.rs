@@ -342,7 +342,9 @@ fn resolve_backend(
             format!("backendRef to Service {service_ns}/{} needs a port", backend_ref.name),
         ));
     };
-    if !service.spec.ports.iter().any(|p| p.port == port) {
+    // An ExternalName Service is a DNS name: the backendRef's port is the port to reach it on.
+    let external_name = service.spec.kind.as_deref() == Some("ExternalName");
+    if !external_name && !service.spec.ports.iter().any(|p| p.port == port) {
         return Err((
             reason::BACKEND_NOT_FOUND,
             format!("Service {service_ns}/{} has no port {port}", backend_ref.name),

@@ -249,6 +249,7 @@ async fn routed(
                 ClusterPlan {
                     protocol,
                     endpoints: vec![upstream.addr()],
+                    external_name: None,
                 },
             );
             let published = Published {
