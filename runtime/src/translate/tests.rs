@@ -904,3 +904,30 @@ fn listeners_support_only_http_routes_and_terminated_tls() {
         );
     }
 }
+
+#[test]
+fn an_external_name_service_is_a_backend_on_any_port_with_its_name_to_resolve() {
+    let yaml = format!(
+        "{BASE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: outside, namespace: ns}}\nspec: {{type: ExternalName, externalName: api.example.com}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: ext, namespace: ns}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: outside, port: 8443}}]\n"
+    );
+    let t = translate(&store_from(&yaml), &options());
+    let plan = &t.snapshot.clusters["ns/outside:8443"];
+    assert_eq!(plan.external_name, Some(("api.example.com".to_string(), 8443)));
+    assert!(plan.endpoints.is_empty(), "resolved by the control plane, not here");
+    let resolved = status_of(&t, "HTTPRoute", "ext")["parents"][0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .cloned()
+        .unwrap();
+    assert_eq!(resolved["status"], "True", "{resolved}");
+    // Not an L4 frontend: it has no virtual address.
+    assert!(
+        !t.snapshot
+            .services
+            .by_address
+            .values()
+            .any(|f| f.service == "ns/outside")
+    );
+}
