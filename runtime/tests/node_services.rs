@@ -18,8 +18,20 @@ use std::time::{Duration, Instant};
 
 use lab::{Lab, Proc};
 
-/// One Service and its EndpointSlice: `endpoints` are (address, node, extra endpoint fields).
+/// One Service and its EndpointSlice, whose one port is `http` 8080: `endpoints` are
+/// (address, node, extra endpoint fields).
 fn service(name: &str, spec: &str, status: &str, endpoints: &[(&str, &str, &str)]) -> String {
+    service_with_slice_ports(name, spec, status, "[{name: http, port: 8080}]", endpoints)
+}
+
+/// As [`service`], with the EndpointSlice's `ports` given.
+fn service_with_slice_ports(
+    name: &str,
+    spec: &str,
+    status: &str,
+    slice_ports: &str,
+    endpoints: &[(&str, &str, &str)],
+) -> String {
     let endpoints: String = endpoints
         .iter()
         .map(|(ip, node, extra)| format!("\n- {{addresses: [{ip}], nodeName: {node}{extra}}}"))
@@ -36,7 +48,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
-ports: [{{name: http, port: 8080}}]
+ports: {slice_ports}
 endpoints:{endpoints}
 ---
 "#
@@ -316,34 +328,16 @@ fn udp_to_a_service_is_forwarded_per_flow() {
     ];
     let (a1_ip, _) = b.endpoint("a1");
     let (b1_ip, _) = b.endpoint("b1");
-    let config = format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: dns, namespace: default}}
-spec:
-  type: NodePort
-  clusterIP: 10.96.74.1
-  externalIPs: [{UDP_EXTERNAL_IP}]
-  externalTrafficPolicy: Local
-  ports: [{{name: dns, port: 53, protocol: UDP, nodePort: 30053}}, {{name: dns-tcp, port: 53, protocol: TCP, nodePort: 30054}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: dns-1, namespace: default, labels: {{kubernetes.io/service-name: dns}}}}
-addressType: IPv4
-ports: [{{name: dns, port: 9053, protocol: UDP}}]
-endpoints:
-- {{addresses: [{a1_ip}], nodeName: node-a}}
-- {{addresses: [{b1_ip}], nodeName: node-b}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: silent, namespace: default}}
-spec:
-  clusterIP: 10.96.74.2
-  ports: [{{port: 53, protocol: UDP}}]
-"#
-    );
+    const DNS_SLICE_PORTS: &str = "[{name: dns, port: 9053, protocol: UDP}]";
+    let config = service_with_slice_ports(
+        "dns",
+        &format!(
+            "  type: NodePort\n  clusterIP: 10.96.74.1\n  externalIPs: [{UDP_EXTERNAL_IP}]\n  externalTrafficPolicy: Local\n  ports: [{{name: dns, port: 53, protocol: UDP, nodePort: 30053}}, {{name: dns-tcp, port: 53, protocol: TCP, nodePort: 30054}}]"
+        ),
+        "{}",
+        DNS_SLICE_PORTS,
+        &[(a1_ip, "node-a", ""), (b1_ip, "node-b", "")],
+    ) + "apiVersion: v1\nkind: Service\nmetadata: {name: silent, namespace: default}\nspec:\n  clusterIP: 10.96.74.2\n  ports: [{port: 53, protocol: UDP}]\n";
     let tidegate = lab.tidegate("tidegate", &[("services.yaml", config)], &["--node-name", "node-a"]);
     let routed = lab.exec(
         &node_b,
@@ -410,35 +404,26 @@ spec:
     // A flow whose endpoint goes away ends with the version that removes it: the client's
     // next datagram starts a flow to the current endpoint (a DNS client must not keep
     // talking to a pod that is gone).
-    let moving = |ip: &str| {
-        format!(
-            r#"apiVersion: v1
-kind: Service
-metadata: {{name: moving, namespace: default}}
-spec:
-  clusterIP: 10.96.74.3
-  ports: [{{name: dns, port: 53, protocol: UDP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: moving-1, namespace: default, labels: {{kubernetes.io/service-name: moving}}}}
-addressType: IPv4
-ports: [{{name: dns, port: 9053, protocol: UDP}}]
-endpoints:
-- {{addresses: [{ip}]}}
-"#
+    let moving = |pod: &str| {
+        let (ip, node) = b.endpoint(pod);
+        service_with_slice_ports(
+            "moving",
+            "  clusterIP: 10.96.74.3\n  ports: [{name: dns, port: 53, protocol: UDP}]",
+            "{}",
+            DNS_SLICE_PORTS,
+            &[(ip, node, "")],
         )
     };
     let loaded = || tidegate.log().matches("configuration loaded").count();
     // Written whole and renamed into place, as editors and ConfigMap volumes do, so no version
     // is read from a half-written file.
-    let write_moving = |ip: &str| {
+    let write_moving = |pod: &str| {
         let staged = lab.path("moving.yaml.staged");
-        std::fs::write(&staged, moving(ip)).expect("write moving.yaml");
+        std::fs::write(&staged, moving(pod)).expect("write moving.yaml");
         std::fs::rename(&staged, lab.path("config").join("moving.yaml")).expect("rename moving.yaml");
     };
     let before = loaded();
-    write_moving(a1_ip);
+    write_moving("a1");
     let start = std::time::Instant::now();
     while loaded() == before {
         assert!(
@@ -450,7 +435,7 @@ endpoints:
     let replies = std::thread::scope(|scope| {
         let flow = scope.spawn(|| lab.udp_query(&pod0.netns, "10.96.74.3:53", 16, Duration::from_millis(250)));
         std::thread::sleep(Duration::from_millis(750));
-        write_moving(b1_ip);
+        write_moving("b1");
         flow.join().expect("the UDP client")
     });
     let pods: Vec<&str> = replies
