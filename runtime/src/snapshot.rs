@@ -65,6 +65,13 @@ pub struct Frontend {
     pub affinity_seconds: Option<u32>,
 }
 
+impl Frontend {
+    /// The endpoints for a client: `from_pod`, one of this node's pods.
+    pub fn endpoints_for(&self, from_pod: bool) -> &[L4Endpoint] {
+        if from_pod { &self.from_pods } else { &self.from_outside }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum FrontendKind {
     ClusterIp,

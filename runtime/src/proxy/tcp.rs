@@ -61,11 +61,9 @@ pub enum Entry {
 /// Where a captured connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// A Service port, with the endpoints its policies allow this client (empty: refuse).
-    Service {
-        frontend: Arc<Frontend>,
-        endpoints: Vec<L4Endpoint>,
-    },
+    /// A Service port; its endpoints for this client are
+    /// `frontend.endpoints_for(from_pod)` (none: refuse).
+    Service { frontend: Arc<Frontend>, from_pod: bool },
     /// A ClusterIP on a port the Service does not have, or a node port no Service has (any
     /// longer): refused, as kube-proxy rejects it.
     NoSuchPort,
@@ -82,14 +80,9 @@ pub fn destination(snapshot: &Snapshot, entry: Entry, original: SocketAddr, from
         Entry::Inbound => services.node_ports.get(&original.port()),
     };
     if let Some(frontend) = frontend {
-        let endpoints = if from_pod {
-            &frontend.from_pods
-        } else {
-            &frontend.from_outside
-        };
         return Destination::Service {
             frontend: frontend.clone(),
-            endpoints: endpoints.clone(),
+            from_pod,
         };
     }
     match entry {
@@ -218,13 +211,13 @@ async fn serve(
     let (picker, metrics) = (&shared.picker, &shared.metrics);
     let from_pod = picker.is_local_pod(peer.ip());
     let (frontend, candidates) = match destination(&snapshot, entry, original, from_pod) {
-        Destination::Service { frontend, endpoints } if endpoints.is_empty() => {
+        Destination::Service { frontend, from_pod } if frontend.endpoints_for(from_pod).is_empty() => {
             tracing::debug!(%peer, %original, cluster = frontend.cluster, "no endpoint: connection refused");
             metrics.l4_connection(L4Outcome::NoEndpoint);
             return reset(client);
         }
-        Destination::Service { frontend, endpoints } => {
-            let ordered = picker.order(&frontend, peer.ip(), &endpoints);
+        Destination::Service { frontend, from_pod } => {
+            let ordered = picker.order(&frontend, peer.ip(), frontend.endpoints_for(from_pod));
             (Some(frontend), ordered)
         }
         Destination::NoSuchPort => {
@@ -384,7 +377,8 @@ spec:
         from_pod: bool,
     ) -> Result<Vec<String>, Destination> {
         match destination(snapshot, entry, addr(original), from_pod) {
-            Destination::Service { endpoints, .. } => Ok(endpoints
+            Destination::Service { frontend, from_pod } => Ok(frontend
+                .endpoints_for(from_pod)
                 .iter()
                 .map(|e| format!("{}{}", e.addr, if e.local { " local" } else { "" }))
                 .collect()),

@@ -157,11 +157,7 @@ pub(super) async fn serve(
             continue;
         };
         let from_pod = picker.is_local_pod(IpAddr::V4(*client.ip()));
-        let endpoints = if from_pod {
-            &frontend.from_pods
-        } else {
-            &frontend.from_outside
-        };
+        let endpoints = frontend.endpoints_for(from_pod);
         let Some(endpoint) = picker
             .order(&frontend, IpAddr::V4(*client.ip()), endpoints)
             .first()
