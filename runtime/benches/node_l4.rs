@@ -5,7 +5,9 @@
 //!
 //! - iperf3 throughput (one TCP stream);
 //! - new TCP connections per second (wrk with `Connection: close`: one request per connection);
-//! - HTTP requests per second over keep-alive connections (the L4 path carries them).
+//! - HTTP requests per second over keep-alive connections, carried by the L4 path (a Service
+//!   port named `tcp-http`) and by the HTTP chain (a port named `http`: router and balancer
+//!   filters, the client's address kept upstream).
 //!
 //! tidegate runs on CPU 0 (`taskset`); the client and the server run on CPU 1. Rounds alternate
 //! the two paths so drift on this shared machine hits both. Method and results:
@@ -30,13 +32,13 @@ kind: Service
 metadata: {{name: bench, namespace: default}}
 spec:
   clusterIP: {CLUSTER_IP}
-  ports: [{{name: iperf, port: 5201}}, {{name: http, port: 80}}]
+  ports: [{{name: tcp-iperf, port: 5201}}, {{name: tcp-http, port: 80}}, {{name: http, port: 8000}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: bench-1, namespace: default, labels: {{kubernetes.io/service-name: bench}}}}
 addressType: IPv4
-ports: [{{name: iperf, port: 5202}}, {{name: http, port: 8081}}]
+ports: [{{name: tcp-iperf, port: 5202}}, {{name: tcp-http, port: 8081}}, {{name: http, port: 8081}}]
 endpoints:
 - addresses: [{server_ip}]
 "#
@@ -52,6 +54,10 @@ struct Round {
     gbit_per_s: f64,
     connections_per_s: f64,
     keepalive_rps: f64,
+    /// Keep-alive requests/s through the HTTP chain (uncaptured: the same as `keepalive_rps`).
+    l7_keepalive_rps: f64,
+    /// tidegate's CPU microseconds per request through the HTTP chain (NaN uncaptured).
+    l7_cpu_us_per_request: f64,
     /// tidegate's CPU seconds per GB moved by iperf3 (NaN uncaptured).
     cpu_s_per_gb: f64,
     /// tidegate's CPU microseconds per new connection (NaN uncaptured).
@@ -109,10 +115,17 @@ fn measure(lab: &Lab, target: &str, tidegate: Option<u32>, seconds: u64) -> Roun
     let netns = Some(lab.pods[0].netns.as_str());
     let closing = wrk_in(netns, &url, &["-H", "Connection: close"], load, tidegate);
     let keepalive = wrk_in(netns, &url, &[], load, tidegate);
+    let l7 = if captured {
+        wrk_in(netns, &format!("http://{target}:8000/"), &[], load, tidegate)
+    } else {
+        keepalive
+    };
     Round {
         gbit_per_s,
         connections_per_s: closing.rps,
         keepalive_rps: keepalive.rps,
+        l7_keepalive_rps: l7.rps,
+        l7_cpu_us_per_request: l7.cpu_us_per_request,
         cpu_s_per_gb: iperf_cpu / (gbit_per_s * seconds as f64 / 8.0),
         cpu_us_per_connection: closing.cpu_us_per_request,
         keepalive_cpu_busy: keepalive.cpu_busy,
@@ -142,7 +155,7 @@ fn start_tidegate(lab: &Lab) -> Proc {
             "127.0.0.1:15000",
         ],
     );
-    tidegate.wait_for_log("configuration loaded", Duration::from_secs(30));
+    tidegate.wait_for_log("configuration in effect", Duration::from_secs(30));
     tidegate
 }
 
@@ -198,21 +211,27 @@ fn main() {
     let med = |rounds: &[Round], f: Metric| median(&rounds.iter().map(f).collect::<Vec<_>>());
     println!("\n| metric (median of {rounds} rounds, {seconds} s each) | uncaptured | captured | ratio |");
     println!("|---|---:|---:|---:|");
-    let rows: [(&str, Metric); 3] = [
+    let rows: [(&str, Metric); 4] = [
         ("iperf3 throughput, Gbit/s", |r| r.gbit_per_s),
         ("new TCP connections/s (HTTP, Connection: close)", |r| {
             r.connections_per_s
         }),
-        ("HTTP requests/s, keep-alive, 16 connections", |r| r.keepalive_rps),
+        ("HTTP requests/s, keep-alive, 16 connections, L4 path", |r| {
+            r.keepalive_rps
+        }),
+        ("HTTP requests/s, keep-alive, 16 connections, HTTP chain", |r| {
+            r.l7_keepalive_rps
+        }),
     ];
     for (name, f) in rows {
         let (d, c) = (med(&direct, f), med(&captured, f));
         println!("| {name} | {d:.1} | {c:.1} | {:.2} |", c / d);
     }
     println!(
-        "\ntidegate CPU: {:.3} s per GB forwarded, {:.1} µs per new connection, {:.0} % of its core busy in the keep-alive run",
+        "\ntidegate CPU: {:.3} s per GB forwarded, {:.1} µs per new connection, {:.0} % of its core busy in the L4 keep-alive run, {:.1} µs per request through the HTTP chain",
         med(&captured, |r| r.cpu_s_per_gb),
         med(&captured, |r| r.cpu_us_per_connection),
-        med(&captured, |r| r.keepalive_cpu_busy) * 100.0
+        med(&captured, |r| r.keepalive_cpu_busy) * 100.0,
+        med(&captured, |r| r.l7_cpu_us_per_request)
     );
 }

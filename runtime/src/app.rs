@@ -17,6 +17,7 @@ use crate::external_names::ExternalNames;
 use crate::metrics::Metrics;
 use crate::modules::{ModuleRegistry, ResolvedFilter};
 use crate::proxy::services::SnapshotServices;
+use crate::proxy::tcp::CaptureServing;
 use crate::proxy::{DataPlane, DataPlaneOptions, Published, Publisher};
 use crate::translate::{self, TranslateOptions};
 use crate::wasm::InstanceEnv;
@@ -35,6 +36,9 @@ pub struct RunOptions {
     pub capture: Option<CapturePlan>,
     /// This node's name (endpoints with this `nodeName` are local).
     pub node_name: Option<String>,
+    /// How long a captured connection to a Service port that declares no protocol may take to
+    /// send its first bytes before it is forwarded as TCP.
+    pub protocol_detect_timeout: std::time::Duration,
 }
 
 /// Runs until `shutdown` completes.
@@ -55,6 +59,32 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         .context("loading the standard balancer filter")?;
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new();
+    // The transparent listeners are bound before the capture sends anything to them.
+    let capture_serving = match &options.capture {
+        Some(plan) => {
+            let bind = |port: u16, flag: &str| {
+                crate::proxy::tcp::bind_transparent(port, options.workers).with_context(|| {
+                    format!("cannot bind the transparent listener on port {port}; choose another with {flag}")
+                })
+            };
+            let bind_udp = |port: u16, flag: &str| {
+                crate::proxy::udp::bind_transparent(port).with_context(|| {
+                    format!("cannot bind the transparent UDP socket on port {port}; choose another with {flag}")
+                })
+            };
+            Some(CaptureServing {
+                listeners: crate::proxy::tcp::Listeners {
+                    outbound: bind(plan.port, "--capture-port")?,
+                    inbound: bind(plan.inbound_port, "--capture-inbound-port")?,
+                    udp: Some(bind_udp(plan.port, "--capture-port")?),
+                    udp_inbound: Some(bind_udp(plan.inbound_port, "--capture-inbound-port")?),
+                },
+                pod_cidrs: plan.pod_cidrs.clone(),
+                detect_timeout: options.protocol_detect_timeout,
+            })
+        }
+        None => None,
+    };
     let data_plane = DataPlane::start(
         DataPlaneOptions {
             port_offset: options.port_offset,
@@ -64,6 +94,7 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         &publisher,
         vec![router, balancer, unavailable],
         metrics.clone(),
+        capture_serving,
     )
     .context("starting worker threads")?;
     let admin_listener = tokio::net::TcpListener::bind(options.admin).await.with_context(|| {
@@ -78,39 +109,10 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
         data_plane,
         metrics: metrics.clone(),
     });
-    tokio::spawn(admin::serve(admin_listener, state));
-    // The transparent listener is bound before the capture sends anything to it; the capture
-    // is removed when `capture` is dropped (on shutdown, or on an error return).
+    tokio::spawn(admin::serve(admin_listener, state.clone()));
+    // The capture is removed when `capture` is dropped (on shutdown, or on an error return).
     let mut capture = match &options.capture {
-        Some(plan) => {
-            let bind = |port: u16, flag: &str| {
-                crate::proxy::tcp::bind_transparent(port, options.workers).with_context(|| {
-                    format!("cannot bind the transparent listener on port {port}; choose another with {flag}")
-                })
-            };
-            let outbound = bind(plan.port, "--capture-port")?;
-            let inbound = bind(plan.inbound_port, "--capture-inbound-port")?;
-            let bind_udp = |port: u16, flag: &str| {
-                crate::proxy::udp::bind_transparent(port).with_context(|| {
-                    format!("cannot bind the transparent UDP socket on port {port}; choose another with {flag}")
-                })
-            };
-            let udp = bind_udp(plan.port, "--capture-port")?;
-            let udp_inbound = bind_udp(plan.inbound_port, "--capture-inbound-port")?;
-            crate::proxy::tcp::start(
-                crate::proxy::tcp::Listeners {
-                    outbound,
-                    inbound,
-                    udp: Some(udp),
-                    udp_inbound: Some(udp_inbound),
-                },
-                plan.pod_cidrs.clone(),
-                &publisher,
-                metrics.clone(),
-            )
-            .context("starting the L4 threads")?;
-            Some(Capture::install(plan).context("installing the capture")?)
-        }
+        Some(plan) => Some(Capture::install(plan).context("installing the capture")?),
         None => None,
     };
 
@@ -170,15 +172,22 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
                 "configuration loaded"
             );
             metrics.config_loaded(version, &store.errors);
-            if let Some(capture) = capture.as_ref() {
-                captured.apply(capture, &snapshot, &metrics);
-            }
+            let frontends = capture.is_some().then(|| snapshot.services.clone());
             publisher.publish(Published::new(
                 snapshot,
                 user_filters,
                 translation.statuses,
                 store.errors.clone(),
             ));
+            // New frontends are captured only once every worker serves them, so no captured
+            // connection meets a worker that does not know its Service yet.
+            let served = wait_until_served(&state, version).await;
+            if let (Some(capture), Some(frontends)) = (capture.as_ref(), frontends) {
+                captured.apply(capture, &frontends, &metrics);
+            }
+            if served {
+                tracing::info!(version, "configuration in effect");
+            }
         }
     };
     tokio::select! {
@@ -191,6 +200,24 @@ pub async fn run(options: RunOptions, shutdown: impl std::future::Future<Output 
     Ok(())
 }
 
+/// Waits until every worker has tried `version` (a few seconds at most). True when every one
+/// serves it; false when a filter rejected it somewhere (that worker keeps the one before).
+async fn wait_until_served(state: &AdminState, version: u64) -> bool {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let start = tokio::time::Instant::now();
+    while state.data_plane.tried_version() < version {
+        if start.elapsed() > LIMIT {
+            tracing::warn!(
+                version,
+                "not every worker took configuration version {version} within {LIMIT:?}"
+            );
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    state.data_plane.serving_version() >= version
+}
+
 /// The frontends the capture's sets hold, so they are rewritten only when they change.
 #[derive(Debug, Default)]
 struct CapturedFrontends {
@@ -201,8 +228,7 @@ struct CapturedFrontends {
 impl CapturedFrontends {
     /// Puts `snapshot`'s Service frontends in the capture's sets. Pods' connections are
     /// captured whatever the sets hold; the sets add clients outside the pod networks.
-    fn apply(&mut self, capture: &Capture, snapshot: &crate::snapshot::Snapshot, metrics: &Metrics) {
-        let table = &snapshot.services;
+    fn apply(&mut self, capture: &Capture, table: &crate::snapshot::ServiceTable, metrics: &Metrics) {
         let tcp = table.by_address.keys().map(|a| (Transport::Tcp, a));
         let udp = table.udp_by_address.keys().map(|a| (Transport::Udp, a));
         let services: Vec<(Transport, std::net::SocketAddrV4)> = tcp

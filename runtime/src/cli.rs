@@ -103,6 +103,11 @@ pub struct RunArgs {
     /// (NodePorts).
     #[arg(long, value_name = "PORT", default_value_t = crate::capture::DEFAULT_INBOUND_PORT)]
     pub capture_inbound_port: u16,
+    /// With --capture: how long a pod's connection to a Service port that declares no protocol
+    /// (no appProtocol, no protocol-prefixed name) may take to send its first bytes before it
+    /// is forwarded as plain TCP instead of HTTP (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::config::wasmfilter::parse_duration)]
+    pub protocol_detect_timeout: std::time::Duration,
     /// This node's name, as EndpointSlices' `nodeName` gives it: endpoints on it are local
     /// (traffic policies Local, trafficDistribution). Default: $NODE_NAME, else the host name.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]

@@ -46,6 +46,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             inbound_port: args.capture_inbound_port,
         }),
         node_name: args.node_name.or_else(host_name),
+        protocol_detect_timeout: args.protocol_detect_timeout,
     };
     control_runtime()?.block_on(app::run(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

@@ -44,6 +44,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             workers: 2,
             capture: None,
             node_name: None,
+            protocol_detect_timeout: crate::proxy::detect::DEFAULT_TIMEOUT,
         };
         tokio::spawn(print_when_ready(args.admin, args.listen_address, dir.clone()));
         app::run(options, crate::commands::shutdown_signal()).await

@@ -23,6 +23,11 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 /// What became of a connection the capture sent to the L4 path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Outcome {
@@ -36,15 +41,18 @@ pub enum L4Outcome {
     NoSuchPort,
     /// No endpoint (or original destination) accepted the connection: reset.
     ConnectFailed,
+    /// Sent through the HTTP chain (east-west HTTP to a Service).
+    Http,
 }
 
 impl L4Outcome {
-    const ALL: [L4Outcome; 5] = [
+    const ALL: [L4Outcome; 6] = [
         L4Outcome::Forwarded,
         L4Outcome::PassedThrough,
         L4Outcome::NoEndpoint,
         L4Outcome::NoSuchPort,
         L4Outcome::ConnectFailed,
+        L4Outcome::Http,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +62,29 @@ impl L4Outcome {
             L4Outcome::NoEndpoint => "no_endpoint",
             L4Outcome::NoSuchPort => "no_such_port",
             L4Outcome::ConnectFailed => "connect_failed",
+            L4Outcome::Http => "http",
+        }
+    }
+}
+
+/// What protocol detection found on a captured connection to an undeclared Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    Http,
+    /// Something else (or the client closed first): the L4 path.
+    Tcp,
+    /// Nothing within `--protocol-detect-timeout`: the L4 path.
+    Timeout,
+}
+
+impl Detection {
+    const ALL: [Detection; 3] = [Detection::Http, Detection::Tcp, Detection::Timeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Detection::Http => "http",
+            Detection::Tcp => "tcp",
+            Detection::Timeout => "timeout",
         }
     }
 }
@@ -118,8 +149,9 @@ pub struct Metrics {
     config_rejected: Counter,
     snapshot_version: Gauge<i64, AtomicI64>,
     bind_errors: Counter,
-    l4_connections: [Counter; 5],
+    l4_connections: [Counter; 6],
     udp_flows: [Counter; 4],
+    detections: [Counter; 3],
     capture_set_errors: Counter,
 }
 
@@ -192,8 +224,15 @@ impl Metrics {
         let l4_connections = L4Outcome::ALL.map(|o| l4.get_or_create(&OutcomeLabel { outcome: o.label() }).clone());
         registry.register(
             "l4_connections",
-            "Connections the node capture sent to the L4 path, by outcome",
+            "Connections the node capture took, by outcome (http: sent through the HTTP chain)",
             l4,
+        );
+        let detected = Family::<ResultLabel, Counter>::default();
+        let detections = Detection::ALL.map(|d| detected.get_or_create(&ResultLabel { result: d.label() }).clone());
+        registry.register(
+            "protocol_detections",
+            "Captured connections to Service ports that declare no protocol, by what their first bytes were",
+            detected,
         );
         let udp = Family::<OutcomeLabel, Counter>::default();
         let udp_flows = UdpOutcome::ALL.map(|o| udp.get_or_create(&OutcomeLabel { outcome: o.label() }).clone());
@@ -213,6 +252,7 @@ impl Metrics {
             requests_by_class,
             l4_connections,
             udp_flows,
+            detections,
             capture_set_errors,
             connections,
             filter_failures,
@@ -276,6 +316,10 @@ impl Metrics {
 
     pub fn l4_connection(&self, outcome: L4Outcome) {
         self.l4_connections[outcome as usize].inc();
+    }
+
+    pub fn protocol_detected(&self, detection: Detection) {
+        self.detections[detection as usize].inc();
     }
 
     pub fn udp_flow(&self, outcome: UdpOutcome) {

@@ -6,7 +6,9 @@
 //! connections). This keeps wasmtime stores single-threaded with no locks on the hot path.
 
 mod callout;
+mod captured;
 mod chain;
+pub mod detect;
 mod http;
 mod listener;
 mod pick;

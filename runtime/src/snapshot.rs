@@ -55,7 +55,14 @@ pub struct Frontend {
     pub service: String,
     /// `namespace/name:port`.
     pub cluster: String,
+    /// The Service port (a node port's frontend serves this port of the Service).
+    pub port: u16,
     pub kind: FrontendKind,
+    /// What the port speaks, which decides between the L7 chain and the L4 path.
+    pub protocol: ConnectionProtocol,
+    /// HTTPRoutes are attached to this Service port (GAMMA): HTTP to it is routed by them even
+    /// when the Service itself has no endpoints.
+    pub routed: bool,
     /// For clients on this node's pod networks.
     pub from_pods: Vec<L4Endpoint>,
     /// For every other client (externalTrafficPolicy applies).
@@ -70,6 +77,17 @@ impl Frontend {
     pub fn endpoints_for(&self, from_pod: bool) -> &[L4Endpoint] {
         if from_pod { &self.from_pods } else { &self.from_outside }
     }
+}
+
+/// What a Service port speaks, from its `appProtocol` (else its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConnectionProtocol {
+    /// HTTP/1.1 or HTTP/2 (cleartext): through the L7 chain.
+    Http,
+    /// Anything else, declared (`tcp`, `tls`, a server-first port…): the L4 path.
+    Tcp,
+    /// Undeclared: the first bytes decide (HTTP/1.x request line or the HTTP/2 preface).
+    Detect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -5,6 +5,7 @@
 
 mod addresses;
 mod gateways;
+mod mesh;
 mod routes;
 mod services;
 pub mod status;
@@ -60,7 +61,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
     let classes = gateways::our_classes(store, options, &mut statuses);
     let mut gateways = gateways::translate_gateways(store, &classes, options);
     let mut clusters = ClusterRegistry::default();
-    let routes = routes::translate_routes(store, &mut gateways, &mut clusters, options, &mut statuses);
+    let (routes, mesh_routes) = routes::translate_routes(store, &mut gateways, &mut clusters, options, &mut statuses);
 
     let mut router = RouterConfig::default();
     for gateway in &gateways {
@@ -89,8 +90,18 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
     }
     let endpoints = services::EndpointIndex::new(store);
     let here = services::Here::new(store, options.node_name.as_deref());
-    let service_table = services::service_table(store, &endpoints, &here);
-    let (balancer, cluster_plans) = clusters.resolve(store, &endpoints);
+    let service_table = services::service_table(store, &endpoints, &here, &mesh_routes);
+    router.services = mesh_routes.into_config();
+    // A Service reached through the HTTP path uses the endpoints a pod on this node reaching
+    // its ClusterIP would (internalTrafficPolicy, trafficDistribution), east-west or from a
+    // Gateway alike.
+    let internal: BTreeMap<&str, Vec<std::net::SocketAddr>> = service_table
+        .by_address
+        .values()
+        .filter(|f| f.kind == crate::snapshot::FrontendKind::ClusterIp)
+        .map(|f| (f.cluster.as_str(), f.from_pods.iter().map(|e| e.addr).collect()))
+        .collect();
+    let (balancer, cluster_plans) = clusters.resolve(store, &endpoints, &internal);
     let filters = wasmfilters::translate_wasm_filters(store, options, &mut statuses);
     Translation {
         snapshot: Snapshot {
@@ -144,10 +155,13 @@ impl ClusterRegistry {
         name
     }
 
+    /// `internal`: by cluster, the endpoints its ClusterIP frontend serves this node's pods;
+    /// they replace the Service's usable endpoints (headless Services have none there).
     fn resolve(
         self,
         store: &ObjectStore,
         endpoints: &services::EndpointIndex,
+        internal: &BTreeMap<&str, Vec<std::net::SocketAddr>>,
     ) -> (BalancerConfig, BTreeMap<String, ClusterPlan>) {
         let mut balancer = BalancerConfig::default();
         let mut plans = BTreeMap::new();
@@ -155,7 +169,10 @@ impl ClusterRegistry {
             let Some(Object::Service(service)) = store.get("Service", &namespace, &service_name) else {
                 continue;
             };
-            let plan = cluster_plan(endpoints, service, &namespace, port);
+            let mut plan = cluster_plan(endpoints, service, &namespace, port);
+            if let Some(internal) = internal.get(name.as_str()) {
+                plan.endpoints = internal.clone();
+            }
             balancer.clusters.insert(
                 name.clone(),
                 Cluster {

@@ -27,13 +27,13 @@ kind: Service
 metadata: {{name: web, namespace: default}}
 spec:
   clusterIP: {CLUSTER_IP}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
+  ports: [{{name: tcp, port: 80, targetPort: 8080}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
 addressType: IPv4
-ports: [{{name: http, port: 8080}}]
+ports: [{{name: tcp, port: 8080}}]
 endpoints:
 - addresses: [{backend_ip}]{refusing}
 ---

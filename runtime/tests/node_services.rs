@@ -8,7 +8,8 @@
 //! the node's address otherwise; Local: only node A's endpoints, the client kept, refused when
 //! there are none), the pods' short-circuit to every endpoint, ClusterIPs with round robin,
 //! ClientIP affinity, internalTrafficPolicy Local, serving-terminating endpoints, and Services
-//! added while running. Needs root, `ip`, `nft` and `curl` (CI runs as root and installs them).
+//! added while running. The Service ports are named `tcp`, so pods' connections take the L4 path
+//! too (east-west HTTP through the HTTP chain is `node_mesh.rs`). Needs root, `ip`, `nft` and `curl` (CI runs as root and installs them).
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -18,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use lab::{Lab, Proc};
 
-/// One Service and its EndpointSlice, whose one port is `http` 8080: `endpoints` are
+/// One Service and its EndpointSlice, whose one port is `tcp` 8080: `endpoints` are
 /// (address, node, extra endpoint fields).
 fn service(name: &str, spec: &str, status: &str, endpoints: &[(&str, &str, &str)]) -> String {
-    service_with_slice_ports(name, spec, status, "[{name: http, port: 8080}]", endpoints)
+    service_with_slice_ports(name, spec, status, "[{name: tcp, port: 8080}]", endpoints)
 }
 
 /// As [`service`], with the EndpointSlice's `ports` given.
@@ -152,25 +153,25 @@ fn node_ports_external_ips_and_load_balancers_obey_the_external_traffic_policy()
     let config = [
         service(
             "np-cluster",
-            "  type: NodePort\n  clusterIP: 10.96.72.1\n  ports: [{name: http, port: 80, nodePort: 30080}]",
+            "  type: NodePort\n  clusterIP: 10.96.72.1\n  ports: [{name: tcp, port: 80, nodePort: 30080}]",
             "{}",
             &b.endpoints(&["a1", "b1"]),
         ),
         service(
             "np-local",
-            "  type: NodePort\n  clusterIP: 10.96.72.2\n  externalTrafficPolicy: Local\n  ports: [{name: http, port: 80, nodePort: 30081}]",
+            "  type: NodePort\n  clusterIP: 10.96.72.2\n  externalTrafficPolicy: Local\n  ports: [{name: tcp, port: 80, nodePort: 30081}]",
             "{}",
             &b.endpoints(&["a2", "b2"]),
         ),
         service(
             "external",
-            &format!("  clusterIP: 10.96.72.3\n  externalIPs: [{EXTERNAL_IP}]\n  ports: [{{name: http, port: 80}}]"),
+            &format!("  clusterIP: 10.96.72.3\n  externalIPs: [{EXTERNAL_IP}]\n  ports: [{{name: tcp, port: 80}}]"),
             "{}",
             &b.endpoints(&["a1"]),
         ),
         service(
             "balanced",
-            "  type: LoadBalancer\n  clusterIP: 10.96.72.4\n  externalTrafficPolicy: Local\n  ports: [{name: http, port: 80, nodePort: 30083}]",
+            "  type: LoadBalancer\n  clusterIP: 10.96.72.4\n  externalTrafficPolicy: Local\n  ports: [{name: tcp, port: 80, nodePort: 30083}]",
             &format!("{{loadBalancer: {{ingress: [{{ip: {BALANCER_IP}}}]}}}}"),
             &b.endpoints(&["b2"]),
         ),
@@ -224,7 +225,7 @@ fn node_ports_external_ips_and_load_balancers_obey_the_external_traffic_policy()
     // served (the capture's set follows the configuration).
     let added = service(
         "np-added",
-        "  type: NodePort\n  clusterIP: 10.96.72.5\n  ports: [{name: http, port: 80, nodePort: 30082}]",
+        "  type: NodePort\n  clusterIP: 10.96.72.5\n  ports: [{name: tcp, port: 80, nodePort: 30082}]",
         "{}",
         &b.endpoints(&["a2"]),
     );
@@ -255,25 +256,25 @@ fn cluster_ips_round_robin_stick_by_client_ip_and_keep_to_local_and_serving_endp
     let config = [
         service(
             "spread",
-            "  clusterIP: 10.96.73.1\n  ports: [{name: http, port: 80, targetPort: web}]",
+            "  clusterIP: 10.96.73.1\n  ports: [{name: tcp, port: 80, targetPort: web}]",
             "{}",
             &b.endpoints(&["a1", "a2", "b1"]),
         ),
         service(
             "sticky",
-            "  clusterIP: 10.96.73.2\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}\n  ports: [{name: http, port: 80}]",
+            "  clusterIP: 10.96.73.2\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}\n  ports: [{name: tcp, port: 80}]",
             "{}",
             &b.endpoints(&["a1", "a2", "b1"]),
         ),
         service(
             "local-only",
-            "  clusterIP: 10.96.73.3\n  internalTrafficPolicy: Local\n  ports: [{name: http, port: 80}]",
+            "  clusterIP: 10.96.73.3\n  internalTrafficPolicy: Local\n  ports: [{name: tcp, port: 80}]",
             "{}",
             &b.endpoints(&["b1", "b2"]),
         ),
         service(
             "rollout",
-            "  clusterIP: 10.96.73.4\n  ports: [{name: http, port: 80}]",
+            "  clusterIP: 10.96.73.4\n  ports: [{name: tcp, port: 80}]",
             "{}",
             &[
                 (a1_ip, "node-a", ", conditions: {ready: false, serving: true, terminating: true}"),
@@ -414,7 +415,7 @@ fn udp_to_a_service_is_forwarded_per_flow() {
             &[(ip, node, "")],
         )
     };
-    let loaded = || tidegate.log().matches("configuration loaded").count();
+    let loaded = || tidegate.log().matches("configuration in effect").count();
     // Written whole and renamed into place, as editors and ConfigMap volumes do, so no version
     // is read from a half-written file.
     let write_moving = |pod: &str| {

@@ -14,6 +14,29 @@ pub struct RouterConfig {
     /// Listeners in no particular order; several may share a port.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// GAMMA: the Service ports that have HTTPRoutes attached (parentRef kind `Service`). A
+    /// request to a Service frontend (`tidegate.service`) whose port has none goes to the
+    /// Service itself, as if there were no mesh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRoutes>,
+}
+
+/// The HTTPRoutes attached to one Service port (Gateway API GEP-1294, "xRoutes Mesh Binding").
+/// They apply to requests whose destination is the Service's frontend, whatever their Host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRoutes {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    pub port: u16,
+    /// Routes in the Service's own namespace: they serve clients of every namespace that has
+    /// no consumer routes of its own for this port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub producer: Vec<Route>,
+    /// Routes from other namespaces, by that namespace: they serve only clients in it, and
+    /// replace the producer routes for them (the two sets are never merged).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub consumers: std::collections::BTreeMap<String, Vec<Route>>,
 }
 
 /// One Gateway listener and the routes attached to it.

@@ -28,8 +28,9 @@ pub struct LocalReply {
 /// A routed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
-    /// `namespace/name/rule-index`, for `tidegate.route`.
-    pub route: String,
+    /// `namespace/name/rule-index`, for `tidegate.route`; `None` for a request to a Service
+    /// that no route applies to (it goes to the Service as it is).
+    pub route: Option<String>,
     /// For `tidegate.cluster`.
     pub cluster: String,
     /// Request header edits, in order (`:authority` and `:path` for rewrites included).
@@ -63,7 +64,26 @@ impl Router {
 
     /// Decides what happens to `req`. `random` picks among weighted backends.
     pub fn decide(&self, req: &Request, random: u64) -> Decision {
-        let Some(matched) = self.table.find(req) else {
+        let matched = match &req.service {
+            Some(service) => {
+                // East-west (GAMMA): the Service port's routes, chosen by the client's namespace.
+                let port = req.listener_port.unwrap_or_default();
+                let Some(routes) = self
+                    .table
+                    .service_routes(service, port, req.source_namespace.as_deref())
+                else {
+                    return Decision::Forward(Forward {
+                        route: None,
+                        cluster: format!("{service}:{port}"),
+                        request_ops: Vec::new(),
+                        response_ops: Vec::new(),
+                    });
+                };
+                routes.find(req)
+            }
+            None => self.table.find(req),
+        };
+        let Some(matched) = matched else {
             return Decision::Reply(reply(404, "no route matches this request"));
         };
         let mut state = Rewritten::new(req);
@@ -84,7 +104,7 @@ impl Router {
             return Decision::Reply(reply);
         }
         Decision::Forward(Forward {
-            route: format!("{}/{}", matched.route.id, matched.rule.index),
+            route: Some(format!("{}/{}", matched.route.id, matched.rule.index)),
             cluster: cluster.clone(),
             request_ops: state.request_ops,
             response_ops: state.response_ops,

@@ -14,6 +14,11 @@ pub struct Request {
     /// `tidegate.gateway` (`namespace/name`), when the host says which Gateway the request
     /// arrived on; it tells apart two Gateways with listeners on the same port.
     pub gateway: Option<String>,
+    /// `tidegate.service` (`namespace/name`): the request was captured on its way to this
+    /// Service's frontend (east-west), so the Service's routes apply, not a Gateway's.
+    pub service: Option<String>,
+    /// `tidegate.source_namespace`: the client pod's namespace (chooses consumer routes).
+    pub source_namespace: Option<String>,
     /// `:method`.
     pub method: Vec<u8>,
     /// `:scheme`, lowercased, when present.

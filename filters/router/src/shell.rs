@@ -24,6 +24,11 @@ use crate::request::Request;
 /// Property naming the Gateway (`namespace/name`) a request arrived on. Optional: with it, two
 /// Gateways that both have a listener on one port are told apart.
 const GATEWAY_PROPERTY: [&str; 2] = ["tidegate", "gateway"];
+/// Property naming the Service (`namespace/name`) whose frontend a captured request was sent
+/// to; set by the host for east-west traffic only.
+const SERVICE_PROPERTY: [&str; 2] = ["tidegate", "service"];
+/// Property naming the client pod's namespace, for east-west traffic from a known pod.
+const SOURCE_NAMESPACE_PROPERTY: [&str; 2] = ["tidegate", "source_namespace"];
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -102,11 +107,17 @@ impl Context for RouterHttp {}
 impl HttpContext for RouterHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let gateway = hostcalls::get_property(GATEWAY_PROPERTY.to_vec())
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok());
-        let req = Request::new(tidegate_sdk::listener_port(), gateway, headers);
+        let text = |path: [&str; 2]| {
+            hostcalls::get_property(path.to_vec())
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        let mut req = Request::new(tidegate_sdk::listener_port(), text(GATEWAY_PROPERTY), headers);
+        req.service = text(SERVICE_PROPERTY);
+        if req.service.is_some() {
+            req.source_namespace = text(SOURCE_NAMESPACE_PROPERTY);
+        }
         match self.router.decide(&req, self.random) {
             Decision::Reply(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
@@ -122,7 +133,9 @@ impl HttpContext for RouterHttp {
                         |n, v| self.add_http_request_header_bytes(n, v),
                     );
                 }
-                tidegate_sdk::set_route(&forward.route);
+                if let Some(route) = &forward.route {
+                    tidegate_sdk::set_route(route);
+                }
                 tidegate_sdk::set_cluster(&forward.cluster);
                 self.response_ops = forward.response_ops;
                 Action::Continue

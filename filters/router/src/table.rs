@@ -15,10 +15,12 @@
 //! Steps 3–5 do not depend on the request, so each listener keeps its matches sorted by them.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use crate::actions::{HeaderOp, header_ops};
 use crate::config::{
-    HttpRequestRedirectFilter, HttpRouteFilter, HttpUrlRewriteFilter, Listener, Route, RouterConfig, filter_type,
+    HttpRequestRedirectFilter, HttpRouteFilter, HttpUrlRewriteFilter, Listener, Route, RouterConfig, ServiceRoutes,
+    filter_type,
 };
 use crate::hostname::{HostPattern, HostSpecificity, ListenerSpecificity, RouteHosts};
 use crate::matching::{MatchRank, Matcher};
@@ -29,6 +31,50 @@ use crate::timestamp::parse_rfc3339;
 #[derive(Debug, Default)]
 pub struct RouteTable {
     listeners: Vec<CompiledListener>,
+    /// GAMMA: by Service (`namespace/name`), its ports that have routes.
+    services: HashMap<String, Vec<CompiledService>>,
+}
+
+/// The routes attached to one Service port, each set compiled as a listener of its own that
+/// matches every host (meshes match a Service by its address, never by `hostnames`).
+#[derive(Debug)]
+struct CompiledService {
+    port: u16,
+    producer: Option<CompiledListener>,
+    consumers: HashMap<String, CompiledListener>,
+}
+
+impl CompiledService {
+    fn compile(service: &ServiceRoutes, warnings: &mut Vec<String>) -> Self {
+        let listener = |routes: &[Route], warnings: &mut Vec<String>| {
+            let routes = routes
+                .iter()
+                .map(|r| Route {
+                    hostnames: Vec::new(),
+                    ..r.clone()
+                })
+                .collect();
+            let listener = Listener {
+                gateway: service.service.clone(),
+                name: String::new(),
+                port: service.port,
+                protocol: "HTTP".into(),
+                hostname: None,
+                routes,
+            };
+            CompiledListener::compile(&listener, warnings)
+        };
+        CompiledService {
+            port: service.port,
+            producer: (!service.producer.is_empty()).then(|| listener(&service.producer, warnings)),
+            consumers: service
+                .consumers
+                .iter()
+                .filter(|(_, routes)| !routes.is_empty())
+                .map(|(namespace, routes)| (namespace.clone(), listener(routes, warnings)))
+                .collect(),
+        }
+    }
 }
 
 /// One Gateway listener with its routes.
@@ -105,7 +151,29 @@ impl RouteTable {
             .iter()
             .map(|l| CompiledListener::compile(l, &mut warnings))
             .collect();
-        (RouteTable { listeners }, warnings)
+        let mut services: HashMap<String, Vec<CompiledService>> = HashMap::new();
+        for service in &config.services {
+            services
+                .entry(service.service.clone())
+                .or_default()
+                .push(CompiledService::compile(service, &mut warnings));
+        }
+        (RouteTable { listeners, services }, warnings)
+    }
+
+    /// The routes that serve a request to Service `service` on `port` from a client in
+    /// `client_namespace`: that namespace's consumer routes when it has any, else the
+    /// producer routes. `None` when no route applies: the request goes to the Service itself.
+    pub fn service_routes(
+        &self,
+        service: &str,
+        port: u16,
+        client_namespace: Option<&str>,
+    ) -> Option<&CompiledListener> {
+        let compiled = self.services.get(service)?.iter().find(|s| s.port == port)?;
+        client_namespace
+            .and_then(|namespace| compiled.consumers.get(namespace))
+            .or(compiled.producer.as_ref())
     }
 
     /// The listener that serves `req`, if any.
@@ -193,7 +261,8 @@ impl CompiledListener {
         self.protocol.eq_ignore_ascii_case("HTTPS")
     }
 
-    fn find(&self, req: &Request) -> Option<Matched<'_>> {
+    /// The rule of this listener's routes that serves `req`, if any.
+    pub fn find(&self, req: &Request) -> Option<Matched<'_>> {
         // Host specificity per route, computed on first use: most requests touch few routes.
         let mut host_match: Vec<Option<Option<HostSpecificity>>> = vec![None; self.routes.len()];
         let mut best: Option<(HostSpecificity, &Entry)> = None;

@@ -158,7 +158,7 @@ async fn call(
     };
     let request = builder.body(body).map_err(|e| e.to_string())?;
     let response = upstreams
-        .send(endpoint, protocol, request)
+        .send(None, endpoint, protocol, request)
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();

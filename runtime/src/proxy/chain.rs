@@ -585,7 +585,12 @@ impl Chain {
         };
         let property = |name: &str| s.ex.property(name).and_then(|v| std::str::from_utf8(v).ok());
         let gateways = property("tidegate.gateways").unwrap_or_default();
-        scope.applies(gateways, property("tidegate.route"), property("tidegate.cluster"))
+        scope.applies(
+            gateways,
+            property("tidegate.service"),
+            property("tidegate.route"),
+            property("tidegate.cluster"),
+        )
     }
 
     fn data_at(

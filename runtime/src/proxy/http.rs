@@ -103,6 +103,13 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     /// The TLS session, on HTTPS ports.
     pub tls: Option<TlsInfo>,
+    /// East-west: the Service (`namespace/name`) whose frontend the capture took this
+    /// connection from (`gateway_port` is then the Service port).
+    pub service: Option<String>,
+    /// East-west: the client pod's namespace, when the client is a known pod.
+    pub source_namespace: Option<String>,
+    /// Upstream connections leave from this address (the client's, kept for the backend).
+    pub upstream_source: Option<std::net::IpAddr>,
     /// What filters read of the connection, built once ([`ConnectionInfo::with_properties`]).
     pub properties: std::sync::Arc<ConnectionProperties>,
 }
@@ -125,6 +132,12 @@ impl ConnectionInfo {
         ];
         if let Some(gateway) = &self.gateway {
             entries.push(("tidegate.gateway", gateway.clone().into_bytes()));
+        }
+        if let Some(service) = &self.service {
+            entries.push(("tidegate.service", service.clone().into_bytes()));
+        }
+        if let Some(namespace) = &self.source_namespace {
+            entries.push(("tidegate.source_namespace", namespace.clone().into_bytes()));
         }
         if let Some(tls) = &self.tls {
             if let Some(name) = &tls.server_name {
@@ -240,7 +253,9 @@ async fn proxy(
         .properties
         .set("upstream.address", endpoint.to_string());
     drop(parts);
-    let sent = upstreams.send(endpoint, protocol, upstream_request).await;
+    let sent = upstreams
+        .send(info.upstream_source, endpoint, protocol, upstream_request)
+        .await;
     // A filter may have stopped the request while its body streamed upstream.
     let aborted = shared.stream.borrow().aborted().cloned();
     if let Some(abort) = aborted {
@@ -698,8 +713,14 @@ fn upstream_request(
         .map_err(|e| format!("invalid request after filtering: {e}\n"))
 }
 
-/// X-Forwarded-For / X-Forwarded-Proto, as every gateway sets them.
+/// X-Forwarded-For / X-Forwarded-Proto, as every gateway sets them. East-west the proxy is
+/// transparent (as Istio's and Linkerd's are): the backend sees the client's own address, and
+/// X-Forwarded-For is left as the client sent it.
 fn append_forwarded(headers: &mut hyper::HeaderMap, info: &ConnectionInfo) {
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.scheme));
+    if info.service.is_some() {
+        return;
+    }
     let client = info.remote.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {client}"),
@@ -708,7 +729,6 @@ fn append_forwarded(headers: &mut hyper::HeaderMap, info: &ConnectionInfo) {
     if let Ok(value) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.scheme));
 }
 
 fn response_header_list(parts: &hyper::http::response::Parts) -> HeaderList {

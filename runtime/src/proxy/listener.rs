@@ -16,10 +16,15 @@ use super::http::{self, ConnectionInfo, TlsInfo};
 use super::worker::{LocalExec, Worker};
 use crate::snapshot::PortProtocol;
 
-/// How long a client may take to finish the TLS handshake.
 /// Connection ids (`connection.id`), unique in the process.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new connection id.
+pub(super) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send request headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,7 +78,7 @@ async fn serve_connection(
     // When exactly one Gateway owns this socket the router needs no guessing.
     let gateway = (plan.gateways.len() == 1).then(|| plan.gateways[0].clone());
     let info = ConnectionInfo {
-        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        id: next_connection_id(),
         gateway_port,
         gateway,
         gateways: plan.gateways.join(","),
@@ -81,6 +86,9 @@ async fn serve_connection(
         remote,
         local,
         tls: None,
+        service: None,
+        source_namespace: None,
+        upstream_source: None,
         properties: Default::default(),
     };
     match plan.protocol {
@@ -115,7 +123,7 @@ async fn serve_connection(
     }
 }
 
-async fn serve_http<IO>(io: IO, info: Rc<ConnectionInfo>, worker: Rc<Worker>)
+pub(super) async fn serve_http<IO>(io: IO, info: Rc<ConnectionInfo>, worker: Rc<Worker>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {

@@ -118,7 +118,10 @@ mod tests {
         Frontend {
             service: "ns/web".into(),
             cluster: "ns/web:80".into(),
+            port: 80,
             kind: FrontendKind::ClusterIp,
+            protocol: crate::snapshot::ConnectionProtocol::Tcp,
+            routed: false,
             from_pods: vec![],
             from_outside: vec![],
             affinity_seconds,

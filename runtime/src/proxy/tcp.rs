@@ -23,11 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::pick::Picker;
-use super::published::{Published, Publisher};
 use super::splice::{self, Ended};
 use crate::capture::PodCidr;
 use crate::metrics::{L4Outcome, Metrics};
@@ -39,15 +37,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The bound transparent listeners (SO_REUSEPORT: one TCP listener of each per thread).
+/// The bound transparent listeners (SO_REUSEPORT: one TCP listener of each per worker).
 pub struct Listeners {
     /// Service frontends and pods' connections (`--capture-port`).
     pub outbound: Vec<std::net::TcpListener>,
     /// Node ports (`--capture-inbound-port`).
     pub inbound: Vec<std::net::TcpListener>,
-    /// UDP to Service frontends (`--capture-port`, UDP), served by the first thread.
+    /// UDP to Service frontends (`--capture-port`, UDP), served by the first worker.
     pub udp: Option<std::net::UdpSocket>,
-    /// UDP to node ports (`--capture-inbound-port`, UDP), served by the first thread.
+    /// UDP to node ports (`--capture-inbound-port`, UDP), served by the first worker.
     pub udp_inbound: Option<std::net::UdpSocket>,
 }
 
@@ -110,107 +108,46 @@ pub fn bind_transparent(port: u16, count: usize) -> io::Result<Vec<std::net::Tcp
         .collect()
 }
 
-/// What every L4 thread shares.
+/// What every worker's captured connections share.
 pub(super) struct L4State {
     pub(super) picker: Picker,
     pub(super) metrics: Arc<Metrics>,
+    /// How long protocol detection waits for a client's first bytes.
+    pub(super) detect_timeout: Duration,
 }
 
-/// Serves the listeners, one of each per thread with a current-thread runtime (the workers'
-/// model), until the process exits.
-pub fn start(
-    listeners: Listeners,
-    pod_cidrs: Vec<PodCidr>,
-    publisher: &Publisher,
-    metrics: Arc<Metrics>,
-) -> io::Result<()> {
-    let shared = Arc::new(L4State {
-        picker: Picker::new(pod_cidrs),
-        metrics,
-    });
-    let mut inbound = listeners.inbound.into_iter();
-    let mut udp = listeners.udp;
-    let mut udp_inbound = listeners.udp_inbound;
-    for (id, outbound) in listeners.outbound.into_iter().enumerate() {
-        let inbound = inbound.next();
-        let udp = udp.take();
-        let udp_inbound = udp_inbound.take();
-        let rx = publisher.subscribe();
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name(format!("tidegate-l4-{id}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::error!(thread = id, error = %e, "cannot start an L4 runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let serve = |listener: std::net::TcpListener, entry: Entry| {
-                        let (rx, shared) = (rx.clone(), shared.clone());
-                        async move {
-                            match TcpListener::from_std(listener) {
-                                Ok(listener) => accept_loop(listener, entry, rx, shared).await,
-                                Err(e) => tracing::error!(error = %e, "cannot serve a transparent listener"),
-                            }
-                        }
-                    };
-                    let inbound = async {
-                        if let Some(inbound) = inbound {
-                            serve(inbound, Entry::Inbound).await
-                        }
-                    };
-                    let serve_udp = |socket: Option<std::net::UdpSocket>, entry: Entry| {
-                        let (rx, shared) = (rx.clone(), shared.clone());
-                        async move {
-                            if let Some(socket) = socket {
-                                super::udp::serve(socket, entry, rx, shared).await
-                            }
-                        }
-                    };
-                    tokio::join!(
-                        serve(outbound, Entry::Outbound),
-                        inbound,
-                        serve_udp(udp, Entry::Outbound),
-                        serve_udp(udp_inbound, Entry::Inbound)
-                    );
-                });
-            })?;
-    }
-    Ok(())
+/// What the data plane needs to serve the capture: the bound listeners (one TCP listener of
+/// each kind per worker) and the node's pod networks.
+pub struct CaptureServing {
+    pub listeners: Listeners,
+    pub pod_cidrs: Vec<PodCidr>,
+    /// `--protocol-detect-timeout`.
+    pub detect_timeout: Duration,
 }
 
-async fn accept_loop(listener: TcpListener, entry: Entry, rx: watch::Receiver<Arc<Published>>, shared: Arc<L4State>) {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let snapshot = rx.borrow().snapshot.clone();
-        tokio::spawn(serve(stream, client, entry, snapshot, port, shared.clone()));
+impl L4State {
+    pub(super) fn new(serving: &CaptureServing, metrics: Arc<Metrics>) -> Self {
+        Self {
+            picker: Picker::new(serving.pod_cidrs.clone()),
+            metrics,
+            detect_timeout: serving.detect_timeout,
+        }
     }
 }
 
-async fn serve(
+/// Forwards a captured connection at L4 to `destination` (see [`destination`]); `port` is the
+/// listener's own port.
+pub(super) async fn forward_to(
     client: TcpStream,
     peer: SocketAddr,
-    entry: Entry,
-    snapshot: Arc<Snapshot>,
+    original: SocketAddr,
+    destination: Destination,
     port: u16,
-    shared: Arc<L4State>,
+    shared: &L4State,
 ) {
-    let _ = client.set_nodelay(true);
-    let Ok(original) = client.local_addr() else { return };
     let (picker, metrics) = (&shared.picker, &shared.metrics);
     let from_pod = picker.is_local_pod(peer.ip());
-    let (frontend, candidates) = match destination(&snapshot, entry, original, from_pod) {
+    let (frontend, candidates) = match destination {
         Destination::Service { frontend, from_pod } if frontend.endpoints_for(from_pod).is_empty() => {
             tracing::debug!(%peer, %original, cluster = frontend.cluster, "no endpoint: connection refused");
             metrics.l4_connection(L4Outcome::NoEndpoint);
@@ -238,7 +175,7 @@ async fn serve(
         // Replies come back through this node only if the endpoint runs here or the client is
         // one of its pods; otherwise leave from the node's own address.
         let keep_source = picker.keep_source(&endpoint, from_pod);
-        match connect(keep_source.then_some(peer.ip()), endpoint.addr).await {
+        match connect(keep_source.then_some(peer.ip()), endpoint.addr, CONNECT_TIMEOUT).await {
             Ok(upstream) => {
                 match &frontend {
                     Some(frontend) => {
@@ -260,9 +197,9 @@ async fn serve(
     reset(client);
 }
 
-/// Connects to `endpoint` within the timeout, from `client`'s address (IP_TRANSPARENT) when
+/// Connects to `endpoint` within `timeout`, from `client`'s address (IP_TRANSPARENT) when
 /// given, else from the node's.
-async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<TcpStream> {
+pub(super) async fn connect(client: Option<IpAddr>, endpoint: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let domain = Domain::for_address(endpoint);
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     if let Some(client) = client.filter(|c| c.is_ipv4() == endpoint.is_ipv4()) {
@@ -278,7 +215,7 @@ async fn connect(client: Option<IpAddr>, endpoint: SocketAddr) -> io::Result<Tcp
     }
     socket.set_nonblocking(true)?;
     let socket = TcpSocket::from_std_stream(socket.into());
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint))
+    let stream = tokio::time::timeout(timeout, socket.connect(endpoint))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
@@ -301,7 +238,7 @@ async fn forward(client: TcpStream, upstream: TcpStream) {
 }
 
 /// Closes with RST (SO_LINGER 0), as a refused connection looks to the client.
-fn reset(stream: TcpStream) {
+pub(super) fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }
@@ -619,20 +556,31 @@ endpoints:
 
     #[test]
     fn serving_terminating_endpoints_stand_in_when_none_is_ready() {
-        let snapshot = snapshot(CONDITIONS);
+        let local_policy = snapshot(CONDITIONS);
         // Locally nothing is ready: the one still serving while terminating is used (not the
         // one that stopped serving, nor the one that is merely not ready).
         assert_eq!(
-            outbound(&snapshot, "10.96.2.1:80"),
+            outbound(&local_policy, "10.96.2.1:80"),
             Ok(vec!["10.244.0.2:8080 local".into()])
         );
-        // Cluster-wide one endpoint is ready, so the HTTP path uses only it.
-        assert_eq!(snapshot.clusters["ns/rollout:80"].endpoints, [addr("10.244.1.2:8080")]);
+        // The HTTP path uses what a pod of this node reaching the ClusterIP would: the same.
+        assert_eq!(
+            local_policy.clusters["ns/rollout:80"].endpoints,
+            [addr("10.244.0.2:8080")]
+        );
+        // Without the Local policy one endpoint is ready cluster-wide, so only it is used.
+        let cluster_wide = snapshot(&CONDITIONS.replace("internalTrafficPolicy: Local\n  ", ""));
+        assert_eq!(
+            cluster_wide.clusters["ns/rollout:80"].endpoints,
+            [addr("10.244.1.2:8080")]
+        );
     }
 
     #[test]
     fn the_http_path_falls_back_to_serving_terminating_endpoints_too() {
-        let yaml = CONDITIONS.replace("conditions: {ready: true}", "conditions: {ready: false}");
+        let yaml = CONDITIONS
+            .replace("conditions: {ready: true}", "conditions: {ready: false}")
+            .replace("internalTrafficPolicy: Local\n  ", "");
         let snapshot = snapshot(&yaml);
         assert_eq!(snapshot.clusters["ns/rollout:80"].endpoints, [addr("10.244.0.2:8080")]);
     }

@@ -3,10 +3,13 @@
 //!
 //! The pools are keyed by endpoint address, not by URL: the filters choose the endpoint and
 //! the Host / `:authority` independently (URLRewrite), which a URL-keyed client cannot express.
+//! And by source address: east-west requests leave from their client pod's address
+//! (IP_TRANSPARENT), so the backend sees who called it, and never share a connection with
+//! another client's.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,34 +50,37 @@ pub enum UpstreamError {
 /// connections run on this worker through `spawn_local`, so that is fine).
 #[derive(Default, Clone)]
 pub struct Upstreams {
-    http1_idle: Rc<RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>>,
-    h2: Rc<RefCell<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
+    http1_idle: Rc<RefCell<HashMap<PoolKey, Vec<http1::SendRequest<ProxyBody>>>>>,
+    h2: Rc<RefCell<HashMap<PoolKey, http2::SendRequest<ProxyBody>>>>,
 }
 
+/// Connections are shared by requests to one endpoint from one source (`None`: the node's).
+type PoolKey = (Option<IpAddr>, SocketAddr);
+
 impl Upstreams {
-    /// Sends `request` to `endpoint`. For HTTP/1.1 the URI must be origin-form with a Host
-    /// header; for HTTP/2 it must be absolute (its authority becomes `:authority`).
+    /// Sends `request` to `endpoint`, from `source` when given (else from the node's address).
+    /// For HTTP/1.1 the URI must be origin-form with a Host header; for HTTP/2 it must be
+    /// absolute (its authority becomes `:authority`).
     pub async fn send(
         &self,
+        source: Option<IpAddr>,
         endpoint: SocketAddr,
         protocol: UpstreamProtocol,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let key = (source, endpoint);
         match protocol {
-            UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
-            UpstreamProtocol::H2c => self.send_h2(endpoint, request).await,
+            UpstreamProtocol::Http1 => self.send_http1(key, request).await,
+            UpstreamProtocol::H2c => self.send_h2(key, request).await,
         }
     }
 
-    async fn send_http1(
-        &self,
-        endpoint: SocketAddr,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = match self.idle_http1(endpoint) {
+    async fn send_http1(&self, key: PoolKey, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let endpoint = key.1;
+        let mut sender = match self.idle_http1(key) {
             Some(sender) => sender,
             None => {
-                let io = connect(endpoint).await?;
+                let io = connect(key).await?;
                 let (sender, connection) = http1::Builder::new()
                     .handshake(io)
                     .await
@@ -96,7 +102,7 @@ impl Upstreams {
         tokio::task::spawn_local(async move {
             if sender.ready().await.is_ok() {
                 let mut idle = pools.http1_idle.borrow_mut();
-                let list = idle.entry(endpoint).or_default();
+                let list = idle.entry(key).or_default();
                 if list.len() < MAX_IDLE_PER_ENDPOINT {
                     list.push(sender);
                 }
@@ -105,9 +111,9 @@ impl Upstreams {
         Ok(response)
     }
 
-    fn idle_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    fn idle_http1(&self, key: PoolKey) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.http1_idle.borrow_mut();
-        let list = idle.get_mut(&endpoint)?;
+        let list = idle.get_mut(&key)?;
         while let Some(sender) = list.pop() {
             if sender.is_ready() && !sender.is_closed() {
                 return Some(sender);
@@ -116,16 +122,13 @@ impl Upstreams {
         None
     }
 
-    async fn send_h2(
-        &self,
-        endpoint: SocketAddr,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = self.h2.borrow().get(&endpoint).filter(|s| !s.is_closed()).cloned();
+    async fn send_h2(&self, key: PoolKey, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let endpoint = key.1;
+        let existing = self.h2.borrow().get(&key).filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let io = connect(endpoint).await?;
+                let io = connect(key).await?;
                 let (sender, connection) = http2::Builder::new(LocalExec)
                     .timer(TokioTimer::new())
                     .handshake(io)
@@ -136,7 +139,7 @@ impl Upstreams {
                         tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
                     }
                 });
-                self.h2.borrow_mut().insert(endpoint, sender.clone());
+                self.h2.borrow_mut().insert(key, sender.clone());
                 sender
             }
         };
@@ -151,11 +154,19 @@ impl Upstreams {
     }
 }
 
-async fn connect(endpoint: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout { endpoint })?
-        .map_err(|source| UpstreamError::Connect { endpoint, source })?;
+async fn connect((source, endpoint): PoolKey) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    let stream = match source {
+        None => tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout { endpoint })?,
+        Some(_) => match super::tcp::connect(source, endpoint, CONNECT_TIMEOUT).await {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(UpstreamError::ConnectTimeout { endpoint });
+            }
+            connected => connected,
+        },
+    }
+    .map_err(|source| UpstreamError::Connect { endpoint, source })?;
     let _ = stream.set_nodelay(true);
     Ok(TokioIo::new(stream))
 }

@@ -13,10 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::callout::CalloutSender;
+use super::captured;
 use super::chain::{Chain, ChainEnv, ChainFilter, FailurePolicy};
 use super::listener;
 use super::published::{Published, Publisher};
 use super::services::SnapshotServices;
+use super::tcp::{CaptureServing, Entry, L4State};
+use super::udp;
 use super::upstream::Upstreams;
 use crate::config::wasmfilter::Phase;
 use crate::metrics::Metrics;
@@ -52,21 +55,48 @@ where
 pub struct DataPlane {
     /// Per worker: the snapshot version it serves (0 = none yet).
     serving: Vec<Arc<AtomicU64>>,
+    /// Per worker: the last snapshot version it tried to serve (a filter may reject one).
+    tried: Vec<Arc<AtomicU64>>,
 }
 
 impl DataPlane {
     /// Starts the worker threads; they serve whatever `publisher` publishes from now on.
+    /// With `capture`, every worker also accepts on its share of the transparent listeners,
+    /// and the first one serves the captured UDP.
     pub fn start(
         options: DataPlaneOptions,
         publisher: &Publisher,
         modules: Vec<FilterModule>,
         metrics: Arc<Metrics>,
+        capture: Option<CaptureServing>,
     ) -> std::io::Result<Self> {
         let mut serving = Vec::new();
+        let mut tried = Vec::new();
+        let l4 = capture.as_ref().map(|c| Arc::new(L4State::new(c, metrics.clone())));
+        let (mut outbound, mut inbound, mut udp) = match capture {
+            Some(c) => (
+                c.listeners.outbound.into_iter(),
+                c.listeners.inbound.into_iter(),
+                vec![
+                    (c.listeners.udp, Entry::Outbound),
+                    (c.listeners.udp_inbound, Entry::Inbound),
+                ],
+            ),
+            None => (Vec::new().into_iter(), Vec::new().into_iter(), Vec::new()),
+        };
         for id in 0..options.workers.max(1) {
             let version = Arc::new(AtomicU64::new(0));
             serving.push(version.clone());
+            let tried_version = Arc::new(AtomicU64::new(0));
+            tried.push(tried_version.clone());
             let rx = publisher.subscribe();
+            let capture = l4.clone().map(|l4| WorkerCapture {
+                l4,
+                outbound: outbound.next(),
+                inbound: inbound.next(),
+                udp: std::mem::take(&mut udp),
+                published: publisher.subscribe(),
+            });
             let options = options.clone();
             let modules = modules.clone();
             let metrics = metrics.clone();
@@ -95,13 +125,24 @@ impl DataPlane {
                         current: RefCell::new(None),
                         listeners: RefCell::new(HashMap::new()),
                         serving: version,
+                        tried: tried_version,
                         queue_waker,
                     });
                     local.spawn_local(worker.clone().drive_queues(queue_rx));
+                    if let Some(capture) = capture {
+                        let worker = worker.clone();
+                        local.spawn_local(async move { capture.serve(&worker) });
+                    }
                     local.block_on(&runtime, worker.run(rx));
                 })?;
         }
-        Ok(Self { serving })
+        Ok(Self { serving, tried })
+    }
+
+    /// The lowest snapshot version every worker has tried to serve (served, or rejected by a
+    /// filter and kept the one before).
+    pub fn tried_version(&self) -> u64 {
+        self.tried.iter().map(|v| v.load(Ordering::Acquire)).min().unwrap_or(0)
     }
 
     /// The lowest snapshot version any worker serves (0 until every worker serves one).
@@ -111,6 +152,37 @@ impl DataPlane {
             .map(|v| v.load(Ordering::Acquire))
             .min()
             .unwrap_or(0)
+    }
+}
+
+/// One worker's share of the capture.
+struct WorkerCapture {
+    l4: Arc<L4State>,
+    outbound: Option<std::net::TcpListener>,
+    inbound: Option<std::net::TcpListener>,
+    /// The UDP sockets (the first worker's only).
+    udp: Vec<(Option<std::net::UdpSocket>, Entry)>,
+    published: watch::Receiver<Arc<Published>>,
+}
+
+impl WorkerCapture {
+    /// Starts accepting (call inside the worker's runtime and local set).
+    fn serve(self, worker: &Rc<Worker>) {
+        let listeners = [(self.outbound, Entry::Outbound), (self.inbound, Entry::Inbound)];
+        for (listener, entry) in listeners {
+            let Some(listener) = listener else { continue };
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::task::spawn_local(captured::accept_loop(listener, entry, worker.clone(), self.l4.clone()));
+                }
+                Err(e) => tracing::error!(worker = worker.id, error = %e, "cannot serve a transparent listener"),
+            }
+        }
+        for (socket, entry) in self.udp {
+            if let Some(socket) = socket {
+                tokio::task::spawn_local(udp::serve(socket, entry, self.published.clone(), self.l4.clone()));
+            }
+        }
     }
 }
 
@@ -161,6 +233,7 @@ pub struct Worker {
     current: RefCell<Option<Rc<Generation>>>,
     listeners: RefCell<HashMap<(IpAddr, u16), JoinHandle<()>>>,
     serving: Arc<AtomicU64>,
+    tried: Arc<AtomicU64>,
     queue_waker: QueueWaker,
 }
 
@@ -252,6 +325,7 @@ impl Worker {
                 self.metrics.config_rejected();
             }
         }
+        self.tried.store(version, Ordering::Release);
     }
 
     /// The chain in order: user filters of PrePolicy and PreRouting (there is no standard policy

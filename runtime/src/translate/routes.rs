@@ -7,6 +7,7 @@ use serde_json::json;
 use tidegate_router::config::{self as router, filter_type};
 
 use super::gateways::{GatewayPlan, reference_granted};
+use super::mesh::{self, MeshRoutes};
 use super::status::{Conditions, ObjectStatus, RouteParentStatus, reason};
 use super::{CONTROLLER_NAME, ClusterRegistry, TranslateOptions};
 use crate::config::ObjectStore;
@@ -40,15 +41,49 @@ pub(super) fn translate_routes(
     clusters: &mut ClusterRegistry,
     options: &TranslateOptions,
     statuses: &mut Vec<ObjectStatus>,
-) -> AttachedRoutes {
+) -> (AttachedRoutes, MeshRoutes) {
     let mut attached = AttachedRoutes::default();
+    let mut mesh_routes = MeshRoutes::default();
     for object in store.of_kind("HTTPRoute") {
         let Object::HttpRoute(route) = object else { continue };
         let namespace = route.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let (rules, resolved) = resolve_rules(store, route, &namespace, clusters);
+        let (rules, resolved) = resolve_rules(store, route, &namespace, clusters, true);
         let unsupported = unsupported_filter(route);
         let mut parents = Vec::new();
         for parent_ref in &route.spec.parent_refs {
+            if mesh::is_service_parent(parent_ref) {
+                // Mesh routes resolve backendRefs without ReferenceGrants (see `mesh`).
+                let (rules, resolved) = resolve_rules(store, route, &namespace, clusters, false);
+                let mut conditions = Conditions::new(route.metadata.generation, &options.now);
+                let as_attached = router::Route {
+                    namespace: namespace.clone(),
+                    name: route.metadata.name.clone(),
+                    creation_timestamp: route.metadata.creation_timestamp.clone(),
+                    hostnames: Vec::new(),
+                    rules,
+                };
+                match &unsupported {
+                    Some(message) => {
+                        conditions.set(reason::ACCEPTED, false, reason::UNSUPPORTED_VALUE, message.clone())
+                    }
+                    None => match mesh::attach(store, as_attached, parent_ref, &mut mesh_routes) {
+                        Ok(()) => conditions.set(
+                            reason::ACCEPTED,
+                            true,
+                            reason::ACCEPTED,
+                            "route is attached to the Service",
+                        ),
+                        Err((why, message)) => conditions.set(reason::ACCEPTED, false, why, message),
+                    },
+                }
+                set_resolved(&mut conditions, &resolved);
+                parents.push(RouteParentStatus {
+                    parent_ref: parent_ref.clone(),
+                    controller_name: CONTROLLER_NAME.to_string(),
+                    conditions: conditions.list,
+                });
+                continue;
+            }
             let group = parent_ref.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = parent_ref.kind.as_deref().unwrap_or("Gateway");
             if group != GATEWAY_GROUP || kind != "Gateway" {
@@ -93,15 +128,7 @@ pub(super) fn translate_routes(
                     }
                 }
             }
-            match &resolved {
-                Ok(()) => conditions.set(
-                    reason::RESOLVED_REFS,
-                    true,
-                    reason::RESOLVED_REFS,
-                    "all backendRefs resolved",
-                ),
-                Err((why, message)) => conditions.set(reason::RESOLVED_REFS, false, why, message.clone()),
-            }
+            set_resolved(&mut conditions, &resolved);
             parents.push(RouteParentStatus {
                 parent_ref: parent_ref.clone(),
                 controller_name: CONTROLLER_NAME.to_string(),
@@ -118,7 +145,19 @@ pub(super) fn translate_routes(
             });
         }
     }
-    attached
+    (attached, mesh_routes)
+}
+
+fn set_resolved(conditions: &mut Conditions, resolved: &Result<(), (&'static str, String)>) {
+    match resolved {
+        Ok(()) => conditions.set(
+            reason::RESOLVED_REFS,
+            true,
+            reason::RESOLVED_REFS,
+            "all backendRefs resolved",
+        ),
+        Err((why, message)) => conditions.set(reason::RESOLVED_REFS, false, why, message.clone()),
+    }
 }
 
 /// The listeners of `gateway` the route attaches to through `parent_ref`, or why none.
@@ -253,11 +292,13 @@ fn unsupported_filter(route: &HttpRoute) -> Option<String> {
 }
 
 /// The route's rules with backendRefs resolved, and the first resolution problem if any.
+/// `needs_grant`: a Service in another namespace needs a ReferenceGrant (Gateway parents).
 fn resolve_rules(
     store: &ObjectStore,
     route: &HttpRoute,
     namespace: &str,
     clusters: &mut ClusterRegistry,
+    needs_grant: bool,
 ) -> (Vec<router::Rule>, Result<(), (&'static str, String)>) {
     let mut problem = Ok(());
     let rules = route
@@ -271,7 +312,7 @@ fn resolve_rules(
                 .backend_refs
                 .iter()
                 .map(|backend_ref| {
-                    let cluster = match resolve_backend(store, namespace, backend_ref, clusters) {
+                    let cluster = match resolve_backend(store, namespace, backend_ref, clusters, needs_grant) {
                         Ok(cluster) => Some(cluster),
                         Err(e) => {
                             if problem.is_ok() {
@@ -297,6 +338,7 @@ fn resolve_backend(
     namespace: &str,
     backend_ref: &HttpBackendRef,
     clusters: &mut ClusterRegistry,
+    needs_grant: bool,
 ) -> Result<String, (&'static str, String)> {
     let group = backend_ref.group.as_deref().unwrap_or("");
     let kind = backend_ref.kind.as_deref().unwrap_or("Service");
@@ -310,7 +352,8 @@ fn resolve_backend(
         ));
     }
     let service_ns = backend_ref.namespace.as_deref().unwrap_or(namespace);
-    if service_ns != namespace
+    if needs_grant
+        && service_ns != namespace
         && !reference_granted(
             store,
             service_ns,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::config::ObjectStore;
 use crate::config::objects::{Endpoint, EndpointSlice, Object, SERVICE_NAME_LABEL, Service, ZONE_LABEL};
-use crate::snapshot::{Frontend, FrontendKind, L4Endpoint, ServiceTable};
+use crate::snapshot::{ConnectionProtocol, Frontend, FrontendKind, L4Endpoint, ServiceTable};
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (three hours).
 const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
@@ -166,8 +166,13 @@ fn distributed<'a>(service: &Service, here: &Here, all: Vec<Candidate<'a>>) -> V
     chosen.unwrap_or(all)
 }
 
-/// Frontends of every TCP port of every Service.
-pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &Here) -> ServiceTable {
+/// Frontends of every TCP port of every Service. `mesh`: the Service ports routes attach to.
+pub(crate) fn service_table(
+    store: &ObjectStore,
+    index: &EndpointIndex,
+    here: &Here,
+    mesh: &super::mesh::MeshRoutes,
+) -> ServiceTable {
     let mut table = ServiceTable::default();
     for object in store.of_kind("Service") {
         let Object::Service(service) = object else { continue };
@@ -217,11 +222,21 @@ pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &H
             } else {
                 cluster_wide.clone()
             };
+            let service_key = format!("{namespace}/{name}");
+            let protocol = if udp {
+                ConnectionProtocol::Tcp
+            } else {
+                connection_protocol(port)
+            };
+            let routed = !udp && mesh.has_routes(&service_key, port.port);
             let frontend = |kind: FrontendKind| {
                 Arc::new(Frontend {
-                    service: format!("{namespace}/{name}"),
-                    cluster: format!("{namespace}/{name}:{}", port.port),
+                    service: service_key.clone(),
+                    cluster: format!("{service_key}:{}", port.port),
+                    port: port.port,
                     kind,
+                    protocol,
+                    routed,
                     // ClusterIPs obey internalTrafficPolicy for every client; the other
                     // frontends obey externalTrafficPolicy for clients from outside and give
                     // this node's pods every endpoint.
@@ -272,6 +287,38 @@ pub(crate) fn service_table(store: &ObjectStore, index: &EndpointIndex, here: &H
         }
     }
     table
+}
+
+/// Ports of protocols where the server speaks first (SMTP, DNS, MySQL, PostgreSQL, Redis,
+/// MongoDB and others Istio and Linkerd list): waiting for the client's first bytes would stall
+/// them, so an undeclared one of these takes the L4 path at once.
+const SERVER_FIRST_PORTS: &[u16] = &[25, 53, 587, 3306, 4444, 5432, 6379, 9300, 11211, 27017];
+
+/// What a Service port speaks: its `appProtocol` when set (it replaces the name), else its name
+/// up to the first `-` (`http-web`), as Istio reads them; Kubernetes' `kubernetes.io/h2c` and
+/// `kubernetes.io/ws` are HTTP, `kubernetes.io/wss` is TLS. Unknown or absent: detect, except
+/// on server-first ports.
+pub(crate) fn connection_protocol(port: &crate::config::objects::ServicePort) -> ConnectionProtocol {
+    let declared = port
+        .app_protocol
+        .as_deref()
+        .or(port.name.as_deref())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let protocol = match declared.as_str() {
+        "kubernetes.io/h2c" | "kubernetes.io/ws" => Some(ConnectionProtocol::Http),
+        "kubernetes.io/wss" | "linkerd.io/opaque" | "linkerd.io/tcp" => Some(ConnectionProtocol::Tcp),
+        other => match other.split('-').next().unwrap_or_default() {
+            "http" | "http2" | "h2c" | "grpc" => Some(ConnectionProtocol::Http),
+            "tcp" | "tls" | "https" | "mongo" | "redis" | "mysql" | "udp" => Some(ConnectionProtocol::Tcp),
+            _ => None,
+        },
+    };
+    protocol.unwrap_or(if SERVER_FIRST_PORTS.contains(&port.port) {
+        ConnectionProtocol::Tcp
+    } else {
+        ConnectionProtocol::Detect
+    })
 }
 
 /// Usable endpoints cluster-wide and on this node, each chosen on its own (a node whose

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::store::{Format, parse_file};
 
-fn store_from(yaml: &str) -> ObjectStore {
+pub(super) fn store_from(yaml: &str) -> ObjectStore {
     let parsed = parse_file("test.yaml", yaml, Format::Yaml);
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     let mut store = ObjectStore::default();
@@ -11,7 +11,7 @@ fn store_from(yaml: &str) -> ObjectStore {
     store
 }
 
-fn options() -> TranslateOptions {
+pub(super) fn options() -> TranslateOptions {
     TranslateOptions {
         address: [127, 0, 0, 1].into(),
         address_pool: None,
@@ -55,7 +55,7 @@ spec:
   - backendRefs: [{name: web, port: 8080}, {name: missing, port: 80}]
 "#;
 
-fn status_of<'a>(t: &'a Translation, kind: &str, name: &str) -> &'a serde_json::Value {
+pub(super) fn status_of<'a>(t: &'a Translation, kind: &str, name: &str) -> &'a serde_json::Value {
     &t.statuses
         .iter()
         .find(|s| s.kind == kind && s.name == name)

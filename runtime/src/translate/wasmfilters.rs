@@ -309,9 +309,12 @@ fn scope(spec: &wasmfilter::WasmFilterSpec, namespace: &str) -> Result<FilterSco
 
 impl FilterScope {
     /// Whether a request is in scope. `gateways` are the Gateways owning the socket the request
-    /// came in on, comma-separated (the `tidegate.gateways` property); `route` (`namespace/name/rule`) and `cluster` (`namespace/service:port`) are
-    /// known once the router has run.
-    pub fn applies(&self, gateways: &str, route: Option<&str>, cluster: Option<&str>) -> bool {
+    /// came in on, comma-separated (the `tidegate.gateways` property); `frontend` the Service
+    /// whose frontend an east-west request was sent to (`tidegate.service`); `route`
+    /// (`namespace/name/rule`) and `cluster` (`namespace/service:port`) are known once the
+    /// router has run. A Service target matches requests to its frontend and requests routed
+    /// to it.
+    pub fn applies(&self, gateways: &str, frontend: Option<&str>, route: Option<&str>, cluster: Option<&str>) -> bool {
         // Per request: compare borrowed slices, allocate nothing.
         let in_namespaces = |qualified: &str| {
             let namespace = qualified.split('/').next().unwrap_or_default();
@@ -324,7 +327,10 @@ impl FilterScope {
         let route_name = route.map(|r| r.rsplit_once('/').map(|(name, _)| name).unwrap_or(r));
         let route_match = route_name.is_some_and(|r| self.routes.iter().any(|t| t == r) || in_namespaces(r));
         let service = cluster.map(|c| c.rsplit_once(':').map(|(service, _)| service).unwrap_or(c));
-        let service_match = service.is_some_and(|s| self.services.iter().any(|t| t == s));
+        let service_match = service
+            .into_iter()
+            .chain(frontend)
+            .any(|s| self.services.iter().any(|t| t == s));
         gateway_match || route_match || service_match
     }
 }
@@ -341,16 +347,22 @@ mod tests {
             services: vec!["app/api".into()],
             namespaces: vec!["team".into()],
         };
-        assert!(scope.applies("infra/gw", None, None));
-        assert!(!scope.applies("infra/other", None, None));
+        assert!(scope.applies("infra/gw", None, None, None));
+        assert!(!scope.applies("infra/other", None, None, None));
         assert!(
-            scope.applies("team/any", None, None),
+            scope.applies("team/any", None, None, None),
             "a namespace target covers its Gateways"
         );
-        assert!(scope.applies("infra/other", Some("app/web/0"), None));
-        assert!(scope.applies("infra/other", Some("team/r/1"), None), "and its routes");
-        assert!(!scope.applies("infra/other", Some("app/webby/0"), None));
-        assert!(scope.applies("infra/other", None, Some("app/api:8080")));
-        assert!(!scope.applies("infra/other", None, Some("app/apix:8080")));
+        assert!(scope.applies("infra/other", None, Some("app/web/0"), None));
+        assert!(
+            scope.applies("infra/other", None, Some("team/r/1"), None),
+            "and its routes"
+        );
+        assert!(!scope.applies("infra/other", None, Some("app/webby/0"), None));
+        assert!(scope.applies("infra/other", None, None, Some("app/api:8080")));
+        assert!(!scope.applies("infra/other", None, None, Some("app/apix:8080")));
+        // East-west: a request to the Service's frontend, before any route chose a cluster.
+        assert!(scope.applies("", Some("app/api"), None, None));
+        assert!(!scope.applies("", Some("app/apix"), None, None));
     }
 }

@@ -234,10 +234,10 @@ impl Lab {
         let tidegate = self.spawn(
             &self.node,
             log,
-            &["TIDEGATE_LOG=info,tidegate::proxy::tcp=debug"],
+            &["TIDEGATE_LOG=info,tidegate::proxy::tcp=debug,tidegate::proxy::captured=debug"],
             &args,
         );
-        tidegate.wait_for_log("configuration loaded", STARTUP);
+        tidegate.wait_for_log("configuration in effect", STARTUP);
         tidegate
     }
 

@@ -243,7 +243,10 @@ fn http_route_simple_same_namespace() {
     let Decision::Forward(fwd) = r.decide(&get("/").build(), 0) else {
         panic!("must forward")
     };
-    assert_eq!(fwd.route, "gateway-conformance-infra/gateway-conformance-infra-test/0");
+    assert_eq!(
+        fwd.route.as_deref(),
+        Some("gateway-conformance-infra/gateway-conformance-infra-test/0")
+    );
 }
 
 #[test]
@@ -1159,4 +1162,131 @@ fn invalid_and_empty_configurations() {
         empty.decide(&get("/").build(), 0),
         Decision::Reply(reply(404, "no route matches this request"))
     );
+}
+
+/// GAMMA (GEP-1294): routes attached to Service ports, as the mesh conformance cases use them.
+mod mesh {
+    use super::*;
+
+    /// A request captured on its way to `service` port `port` from a pod in `namespace`.
+    fn east_west(req: Req<'_>, service: &str, port: u16, namespace: Option<&str>) -> Request {
+        let mut request = Request::new(Some(port), None, req.pairs());
+        request.service = Some(service.into());
+        request.source_namespace = namespace.map(str::to_string);
+        request
+    }
+
+    fn cluster_of(decision: Decision) -> Result<(Option<String>, String), u16> {
+        match decision {
+            Decision::Forward(f) => Ok((f.route, f.cluster)),
+            Decision::Reply(r) => Err(r.status),
+        }
+    }
+
+    /// Producer routes on `mesh/echo` port 80 (and none on 8080), a consumer route from
+    /// namespace `consumer` on the same port.
+    fn mesh_router() -> Router {
+        router_with(json!({"services": [
+            {"service": "mesh/echo", "port": 80,
+             "producer": [
+                {"namespace": "mesh", "name": "split", "hostnames": ["only.example"], "rules": [
+                    {"matches": [{"path": {"type": "Exact", "value": "/v1"}}], "backends": [{"cluster": "mesh/echo-v1:8080"}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/v2"}}], "backends": [{"cluster": "mesh/echo-v2:8080"}]}
+                ]}
+             ],
+             "consumers": {"consumer": [
+                {"namespace": "consumer", "name": "mine", "rules": [{"backends": [{"cluster": "mesh/echo-v2:8080"}]}]}
+             ]}}
+        ]}))
+    }
+
+    #[test]
+    fn producer_routes_match_by_the_service_not_the_host() {
+        let r = mesh_router();
+        // `hostnames` are ignored: the Service address chose the routes.
+        for host in ["echo", "echo-v1.mesh", "only.example"] {
+            let req = east_west(get("/v1").host(host), "mesh/echo", 80, Some("client"));
+            assert_eq!(
+                cluster_of(r.decide(&req, 0)),
+                Ok((Some("mesh/split/0".into()), "mesh/echo-v1:8080".into())),
+                "host {host}"
+            );
+        }
+        let req = east_west(get("/v2"), "mesh/echo", 80, None);
+        assert_eq!(
+            cluster_of(r.decide(&req, 0)),
+            Ok((Some("mesh/split/1".into()), "mesh/echo-v2:8080".into()))
+        );
+    }
+
+    #[test]
+    fn a_port_with_routes_answers_404_when_none_matches() {
+        let r = mesh_router();
+        let req = east_west(get("/other"), "mesh/echo", 80, Some("client"));
+        assert_eq!(cluster_of(r.decide(&req, 0)), Err(404));
+    }
+
+    #[test]
+    fn a_port_or_service_without_routes_goes_to_the_service_itself() {
+        let r = mesh_router();
+        let req = east_west(get("/v1"), "mesh/echo", 8080, Some("client"));
+        assert_eq!(cluster_of(r.decide(&req, 0)), Ok((None, "mesh/echo:8080".into())));
+        let req = east_west(get("/v1"), "mesh/other", 80, Some("client"));
+        assert_eq!(cluster_of(r.decide(&req, 0)), Ok((None, "mesh/other:80".into())));
+    }
+
+    #[test]
+    fn consumer_routes_replace_producer_routes_for_their_namespace_only() {
+        let r = mesh_router();
+        let req = east_west(get("/v1"), "mesh/echo", 80, Some("consumer"));
+        assert_eq!(
+            cluster_of(r.decide(&req, 0)),
+            Ok((Some("consumer/mine/0".into()), "mesh/echo-v2:8080".into()))
+        );
+        // Not merged: the consumer namespace does not see the producer's /v1 rule, and a path
+        // only the producer routes would refuse is served by the consumer route.
+        let req = east_west(get("/other"), "mesh/echo", 80, Some("consumer"));
+        assert_eq!(
+            cluster_of(r.decide(&req, 0)),
+            Ok((Some("consumer/mine/0".into()), "mesh/echo-v2:8080".into()))
+        );
+        let req = east_west(get("/other"), "mesh/echo", 80, Some("elsewhere"));
+        assert_eq!(cluster_of(r.decide(&req, 0)), Err(404));
+    }
+
+    #[test]
+    fn gateway_listeners_do_not_serve_east_west_requests() {
+        let r = router_with(json!({
+            "listeners": [{"gateway": "infra/gw", "name": "http", "port": 80, "protocol": "HTTP",
+                "routes": [route("edge", json!([{"backends": backend("infra/web:80")}]))]}]
+        }));
+        let req = east_west(get("/"), "mesh/echo", 80, None);
+        assert_eq!(cluster_of(r.decide(&req, 0)), Ok((None, "mesh/echo:80".into())));
+        // And a Gateway request never sees Service routes.
+        let r = mesh_router();
+        assert_eq!(cluster_of(r.decide(&get("/v1").build(), 0)), Err(404));
+    }
+
+    #[test]
+    fn a_redirect_on_a_service_route_defaults_to_the_service_port() {
+        let r = router_with(json!({"services": [{"service": "mesh/echo", "port": 8080, "producer": [
+            {"namespace": "mesh", "name": "redirect", "rules": [{"filters": [
+                {"type": "RequestRedirect", "requestRedirect": {"hostname": "example.org"}}
+            ]}]}
+        ]}]}));
+        let req = east_west(get("/path"), "mesh/echo", 8080, None);
+        match r.decide(&req, 0) {
+            Decision::Reply(reply) => {
+                assert_eq!(reply.status, 302);
+                assert!(
+                    reply
+                        .headers
+                        .contains(&("location".into(), "http://example.org:8080/path".into())),
+                    "{:?}",
+                    reply.headers
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

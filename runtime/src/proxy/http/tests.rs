@@ -280,6 +280,9 @@ async fn routed(
         remote: "127.0.0.1:1".parse().expect("addr"),
         local: "127.0.0.1:80".parse().expect("addr"),
         tls: None,
+        service: None,
+        source_namespace: None,
+        upstream_source: None,
         properties: Default::default(),
     }
     .with_properties();

@@ -1,0 +1,141 @@
+//! Connections the node capture sends to the workers: where each goes and in which protocol.
+//!
+//! Every worker accepts on its own transparent listeners (SO_REUSEPORT), so a captured
+//! connection is served on the thread that owns the filter VMs, like a Gateway's. Per
+//! connection, once, against the worker's current snapshot:
+//!
+//! 1. the original destination (the accepted socket's local address) names a Service frontend,
+//!    a ClusterIP port no Service has (refused), or anything else (passed through);
+//! 2. a ClusterIP frontend reached by one of this node's pods is east-west traffic: its port's
+//!    protocol decides — HTTP goes through the HTTP chain, where the router applies the
+//!    Service's HTTPRoutes (GAMMA) or sends the request to the Service itself; TCP takes the L4
+//!    path; undeclared ports are detected from the client's first bytes ([`super::detect`]);
+//!    (a Service with `sessionAffinity: ClientIP` and no route takes the L4 path, which pins
+//!    its connections to one endpoint per client);
+//! 3. everything else (node ports, external and load-balancer IPs, clients from outside, pod
+//!    addresses) takes the L4 path, as kube-proxy serves it.
+//!
+//! A Service port with no endpoint and no route is refused at once (TCP reset) without waiting
+//! for detection; one declared HTTP answers 503 per request instead.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::detect::{self, Detected};
+use super::http::ConnectionInfo;
+use super::listener;
+use super::tcp::{self, Destination, Entry, L4State};
+use super::worker::Worker;
+use crate::metrics::{Detection, L4Outcome};
+use crate::snapshot::{ConnectionProtocol, Frontend, FrontendKind, Snapshot};
+
+/// Accepts on one of this worker's transparent listeners until the process exits.
+pub(super) async fn accept_loop(listener: TcpListener, entry: Entry, worker: Rc<Worker>, l4: Arc<L4State>) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::task::spawn_local(serve(stream, peer, entry, port, worker.clone(), l4.clone()));
+    }
+}
+
+/// What a captured connection becomes.
+enum Plan {
+    /// Through the HTTP chain, as a request to this Service frontend.
+    Http(Arc<Frontend>),
+    /// The L4 path.
+    L4(Destination),
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, worker: Rc<Worker>, l4: Arc<L4State>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(original) = stream.local_addr() else { return };
+    let from_pod = l4.picker.is_local_pod(peer.ip());
+    // Before the first configuration version nothing is a Service: pods' connections pass
+    // through as they would without tidegate.
+    let snapshot = worker
+        .current()
+        .map(|g| g.published.snapshot.clone())
+        .unwrap_or_default();
+    let destination = tcp::destination(&snapshot, entry, original, from_pod);
+    match plan(destination, &stream, &l4).await {
+        Plan::Http(frontend) => {
+            tracing::debug!(%peer, %original, service = frontend.service, "east-west HTTP");
+            l4.metrics.l4_connection(L4Outcome::Http);
+            let info = connection_info(peer, original, &frontend, &snapshot);
+            drop(snapshot);
+            listener::serve_http(stream, Rc::new(info), worker).await
+        }
+        Plan::L4(destination) => {
+            drop(snapshot);
+            tcp::forward_to(stream, peer, original, destination, port, &l4).await
+        }
+    }
+}
+
+/// Decides HTTP or L4 (see the module docs), detecting the protocol when the port does not say.
+async fn plan(destination: Destination, stream: &TcpStream, l4: &L4State) -> Plan {
+    let Destination::Service { frontend, from_pod } = &destination else {
+        return Plan::L4(destination);
+    };
+    let east_west = *from_pod && frontend.kind == FrontendKind::ClusterIp;
+    if !east_west {
+        return Plan::L4(destination);
+    }
+    let refused_anyway = frontend.endpoints_for(true).is_empty() && !frontend.routed;
+    // ClientIP affinity pins connections, which only the L4 path does; a Service port with
+    // routes is routed per request instead.
+    if frontend.affinity_seconds.is_some() && !frontend.routed {
+        return Plan::L4(destination);
+    }
+    match frontend.protocol {
+        ConnectionProtocol::Http => Plan::Http(frontend.clone()),
+        ConnectionProtocol::Tcp => Plan::L4(destination),
+        // Without an endpoint or a route the connection is refused whatever it speaks:
+        // at once, rather than after waiting for the client's first bytes.
+        ConnectionProtocol::Detect if refused_anyway => Plan::L4(destination),
+        ConnectionProtocol::Detect => {
+            let detected = detect::detect(stream, l4.detect_timeout).await;
+            l4.metrics.protocol_detected(match detected {
+                Detected::Http => Detection::Http,
+                Detected::Other | Detected::Closed => Detection::Tcp,
+                Detected::Timeout => Detection::Timeout,
+            });
+            match detected {
+                Detected::Http => Plan::Http(frontend.clone()),
+                _ => Plan::L4(destination),
+            }
+        }
+    }
+}
+
+/// The connection as the HTTP chain sees it: no Gateway; the Service frontend, its port and the
+/// client pod's namespace instead. Upstream connections leave from the client's address (it is
+/// one of this node's pods, so replies come back here).
+fn connection_info(peer: SocketAddr, original: SocketAddr, frontend: &Frontend, snapshot: &Snapshot) -> ConnectionInfo {
+    ConnectionInfo {
+        id: super::listener::next_connection_id(),
+        gateway_port: frontend.port,
+        gateway: None,
+        gateways: String::new(),
+        scheme: "http",
+        remote: peer,
+        local: original,
+        tls: None,
+        service: Some(frontend.service.clone()),
+        source_namespace: snapshot.workloads.get(&peer.ip()).map(|w| w.namespace.clone()),
+        upstream_source: Some(peer.ip()),
+        properties: Default::default(),
+    }
+    .with_properties()
+}
