@@ -10,6 +10,8 @@
 //! - `?delay=<Go duration>` sleeps before answering;
 //! - the request header `X-Echo-Set-Header: N1:v1,N2:v2` copies pairs into the response headers;
 //! - `/status/NNN` answers NNN, `/health` answers `OK`;
+//! - `/ws` with a WebSocket handshake (HTTP/1.1 `Upgrade: websocket`) switches protocols and
+//!   echoes every message back (see `websocket`);
 //! - `/retry/...?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails the first N attempts
 //!   per uuid with status C, or with a TCP reset when C is absent, then echoes;
 //! - each echoed request logs `Echoing back request made to <RequestURI> to client (<addr>)` on
@@ -19,6 +21,8 @@
 //!
 //! At start it prints `Starting server, listening on port <port> (http)` (and `(h2c)`) with the
 //! port actually bound, so a caller may pass port 0 and read the port from stdout.
+
+mod websocket;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -230,7 +234,8 @@ async fn serve_http1(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::select! {
         _ = connection => {}
         _ = reset.notified() => {
@@ -271,7 +276,7 @@ async fn handle_h2c(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -
     echo(&req, peer, shared).await
 }
 
-async fn handle_http(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Outcome {
+async fn handle_http(mut req: Request<Incoming>, peer: SocketAddr, shared: &Shared) -> Outcome {
     log_request(&req, peer);
     if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
         return Outcome::Respond(text(
@@ -290,14 +295,10 @@ async fn handle_http(req: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
                 .headers()
                 .get(UPGRADE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-            Outcome::Respond(if wants_ws {
-                text(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "websocket echo is not implemented by tidegate echo",
-                )
-            } else {
-                empty(StatusCode::BAD_REQUEST)
-            })
+            if !wants_ws {
+                return Outcome::Respond(empty(StatusCode::BAD_REQUEST));
+            }
+            Outcome::Respond(websocket::answer(&mut req))
         }
         MuxRoute::Status => Outcome::Respond(status_handler(&request_uri(&req))),
         MuxRoute::Retry => retry_handler(&req, peer, shared).await,

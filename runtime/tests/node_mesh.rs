@@ -9,8 +9,8 @@
 //! address whatever the Host, 404 when a Service's routes match nothing, the Service itself when
 //! it has no route, consumer routes for their namespace only, 503 for an HTTP Service without
 //! endpoints, the backend's view of the client (its own address, no X-Forwarded-For), pod IPs
-//! never routed, protocol detection with its TCP fallback and its timeout for server-first
-//! protocols. Needs root, `ip`, `nft`, `curl` and `socat` (CI runs as root and installs them).
+//! never routed, WebSocket upgrades, protocol detection with its TCP fallback and its timeout
+//! for server-first protocols. Needs root, `ip`, `nft`, `curl` and `socat` (CI runs as root and installs them).
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -238,6 +238,29 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     );
     assert!(h2.headers.starts_with("http/2 200"), "{}", h2.headers);
 
+    // A WebSocket: the upgrade goes through the HTTP chain, then frames flow both ways (the
+    // first one sent right behind the handshake).
+    let handshake = "GET /ws HTTP/1.1\\r\\nHost: echo-v2\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\
+                     Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n";
+    let websocket = lab.exec(
+        &client.netns,
+        &[
+            "sh",
+            "-c",
+            &format!("(printf '{handshake}'; printf '\\201\\205\\000\\000\\000\\000hello'; sleep 1) | socat -t2 - TCP:{ECHO_V2}:8080"),
+        ],
+    );
+    let answer = String::from_utf8_lossy(&websocket.stdout).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(
+        answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{answer}"
+    );
+    assert!(
+        websocket.stdout.windows(7).any(|w| w == b"\x81\x05hello"),
+        "no echoed frame: {answer}"
+    );
+
     // Other bytes on the undeclared port: forwarded untouched at L4 (the echo backend answers
     // its own 400 to them, not tidegate).
     let opaque = lab.exec(
@@ -263,9 +286,9 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     let detected = |result: &str| lab.metric(&format!("tidegate_protocol_detections_total{{result=\"{result}\"}}"));
     assert_eq!(["http", "tcp", "timeout"].map(detected), [2.0, 1.0, 1.0]);
     let l4 = |outcome: &str| lab.metric(&format!("tidegate_l4_connections_total{{outcome=\"{outcome}\"}}"));
-    // Nine requests through the HTTP chain; the opaque and the server-first connections
-    // forwarded; the pod-to-pod one passed through.
-    assert_eq!(["http", "forwarded", "passed_through"].map(l4), [9.0, 2.0, 1.0]);
+    // Ten connections through the HTTP chain; the opaque and the server-first ones forwarded;
+    // the pod-to-pod one passed through.
+    assert_eq!(["http", "forwarded", "passed_through"].map(l4), [10.0, 2.0, 1.0]);
     assert!(
         tidegate.log().contains("east-west HTTP"),
         "no east-west HTTP logged:\n{}",

@@ -205,11 +205,15 @@ impl Drop for Shared {
 }
 
 async fn proxy(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     info: &ConnectionInfo,
     generation: Rc<Generation>,
     upstreams: &Upstreams,
 ) -> Result<Response<ResponseBody>, StreamReset> {
+    let upgrade = requested_upgrade(&request).map(|protocol| Upgrade {
+        protocol,
+        downstream: hyper::upgrade::on(&mut request),
+    });
     let (parts, body) = request.into_parts();
     let chain = &generation.chain;
     let end_of_stream = body.is_end_stream();
@@ -236,7 +240,8 @@ async fn proxy(
         let mut s = shared.stream.borrow_mut();
         fix_length(&mut s, Direction::Request);
         decision(&s.ex, &generation.published.snapshot).and_then(|(endpoint, protocol)| {
-            upstream_request(&s.ex, &parts, request_body, endpoint, protocol, info)
+            let upgrade = upgrade.as_ref().map(|u| &u.protocol);
+            upstream_request(&s.ex, &parts, request_body, endpoint, protocol, info, upgrade)
                 .map(|request| (endpoint, protocol, request))
                 .map_err(|message| (StatusCode::BAD_REQUEST, message))
         })
@@ -253,15 +258,25 @@ async fn proxy(
         .properties
         .set("upstream.address", endpoint.to_string());
     drop(parts);
-    let sent = upstreams
-        .send(info.upstream_source, endpoint, protocol, upstream_request)
-        .await;
+    let sent = match &upgrade {
+        // An upgrade gets a connection of its own, which becomes the tunnel.
+        Some(_) => {
+            upstreams
+                .send_upgrade(info.upstream_source, endpoint, upstream_request)
+                .await
+        }
+        None => {
+            upstreams
+                .send(info.upstream_source, endpoint, protocol, upstream_request)
+                .await
+        }
+    };
     // A filter may have stopped the request while its body streamed upstream.
     let aborted = shared.stream.borrow().aborted().cloned();
     if let Some(abort) = aborted {
         return answer(&shared, abort);
     }
-    let upstream_response = match sent {
+    let mut upstream_response = match sent {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, "upstream request failed");
@@ -272,6 +287,17 @@ async fn proxy(
         }
     };
 
+    // The upstream switched protocols: once both sides have upgraded, bytes flow between them
+    // untouched. The 101 still goes through the response filters first.
+    let switched = match upgrade {
+        Some(upgrade) if upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let protocol = upstream_response.headers().get(hyper::header::UPGRADE).cloned();
+            let upstream = hyper::upgrade::on(&mut upstream_response);
+            tokio::task::spawn_local(tunnel(upgrade.downstream, upstream));
+            protocol.or(Some(upgrade.protocol))
+        }
+        _ => None,
+    };
     let (mut parts, body) = upstream_response.into_parts();
     let end_of_stream = body.is_end_stream();
     let entered = {
@@ -295,6 +321,13 @@ async fn proxy(
     let mut s = shared.stream.borrow_mut();
     fix_length(&mut s, Direction::Response);
     apply_response_headers(&s.ex.response_headers, &mut parts);
+    if let Some(protocol) = switched {
+        // Hop-by-hop, so removed above; a 101 needs them.
+        parts
+            .headers
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(hyper::header::UPGRADE, protocol);
+    }
     s.ex.response_sent = true;
     Ok(Response::from_parts(parts, response_body))
 }
@@ -655,6 +688,48 @@ fn decision(
     Ok((endpoint, plan.protocol))
 }
 
+/// An HTTP/1.1 protocol upgrade the client asked for (WebSocket and the like).
+struct Upgrade {
+    /// The `Upgrade` header's value.
+    protocol: HeaderValue,
+    /// The client's connection, once the 101 has been sent.
+    downstream: hyper::upgrade::OnUpgrade,
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
+/// Never `h2c`: this proxy speaks HTTP/2 itself, so that upgrade is not passed on.
+fn requested_upgrade(request: &Request<Incoming>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let headers = request.headers();
+    let asks = headers.get_all(hyper::header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    let protocol = headers.get(hyper::header::UPGRADE)?;
+    (asks && !protocol.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| protocol.clone())
+}
+
+/// Carries bytes both ways between the two upgraded connections until either side ends.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "a protocol upgrade did not complete");
+            return;
+        }
+    };
+    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((up, down)) => tracing::trace!(up, down, "upgraded connection ended"),
+        Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+    }
+}
+
 fn upstream_request(
     ex: &HttpExchange,
     parts: &hyper::http::request::Parts,
@@ -662,7 +737,11 @@ fn upstream_request(
     endpoint: SocketAddr,
     protocol: UpstreamProtocol,
     info: &ConnectionInfo,
+    upgrade: Option<&HeaderValue>,
 ) -> Result<Request<ProxyBody>, String> {
+    if upgrade.is_some() && protocol == UpstreamProtocol::H2c {
+        return Err("upgrading a connection to an HTTP/2 upstream is not supported\n".into());
+    }
     let headers = &ex.request_headers;
     let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
     let method = text(":method").unwrap_or_else(|| parts.method.to_string());
@@ -708,6 +787,10 @@ fn upstream_request(
         upstream_headers.insert(HOST, host);
     }
     append_forwarded(upstream_headers, info);
+    if let Some(upgrade) = upgrade {
+        upstream_headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        upstream_headers.insert(hyper::header::UPGRADE, upgrade.clone());
+    }
     builder
         .body(body)
         .map_err(|e| format!("invalid request after filtering: {e}\n"))

@@ -125,7 +125,7 @@ async fn serve_connection(
 
 pub(super) async fn serve_http<IO>(io: IO, info: Rc<ConnectionInfo>, worker: Rc<Worker>)
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| http::handle(request, info.clone(), worker.clone()));
     let mut builder = auto::Builder::new(LocalExec);
@@ -134,7 +134,8 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    // With upgrades: a 101 from upstream hands the connection over to a tunnel (WebSocket).
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }

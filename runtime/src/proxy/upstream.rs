@@ -111,6 +111,30 @@ impl Upstreams {
         Ok(response)
     }
 
+    /// Sends a request that asks for a protocol upgrade, on a new HTTP/1.1 connection of its
+    /// own (never pooled): after a 101 the connection is the tunnel.
+    pub async fn send_upgrade(
+        &self,
+        source: Option<IpAddr>,
+        endpoint: SocketAddr,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let io = connect((source, endpoint)).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream upgraded connection ended");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|source| UpstreamError::Request { endpoint, source })
+    }
+
     fn idle_http1(&self, key: PoolKey) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.http1_idle.borrow_mut();
         let list = idle.get_mut(&key)?;
