@@ -24,6 +24,7 @@ const FILTERS: &[(&str, &str)] = &[
     ("identity", "identity"),
     ("noop", "noop"),
     ("shared-queue", "shared_queue"),
+    ("tcp-guard", "tcp_guard"),
     ("tick-counter", "tick_counter"),
 ];
 

@@ -43,16 +43,19 @@ pub enum L4Outcome {
     ConnectFailed,
     /// Sent through the HTTP chain (east-west HTTP to a Service).
     Http,
+    /// Closed by a NETWORK filter, or by a failure of a fail-closed one.
+    FilterClosed,
 }
 
 impl L4Outcome {
-    const ALL: [L4Outcome; 6] = [
+    const ALL: [L4Outcome; 7] = [
         L4Outcome::Forwarded,
         L4Outcome::PassedThrough,
         L4Outcome::NoEndpoint,
         L4Outcome::NoSuchPort,
         L4Outcome::ConnectFailed,
         L4Outcome::Http,
+        L4Outcome::FilterClosed,
     ];
 
     fn label(self) -> &'static str {
@@ -63,6 +66,7 @@ impl L4Outcome {
             L4Outcome::NoSuchPort => "no_such_port",
             L4Outcome::ConnectFailed => "connect_failed",
             L4Outcome::Http => "http",
+            L4Outcome::FilterClosed => "filter_closed",
         }
     }
 }
@@ -149,7 +153,7 @@ pub struct Metrics {
     config_rejected: Counter,
     snapshot_version: Gauge<i64, AtomicI64>,
     bind_errors: Counter,
-    l4_connections: [Counter; 6],
+    l4_connections: [Counter; 7],
     udp_flows: [Counter; 4],
     detections: [Counter; 3],
     capture_set_errors: Counter,

@@ -10,7 +10,7 @@
 //! it has no route, consumer routes for their namespace only, 503 for an HTTP Service without
 //! endpoints, the backend's view of the client (its own address, no X-Forwarded-For), pod IPs
 //! never routed, WebSocket upgrades, protocol detection with its TCP fallback and its timeout
-//! for server-first protocols. Needs root, `ip`, `nft`, `curl` and `socat` (CI runs as root and installs them).
+//! for server-first protocols, and a NETWORK WasmFilter on a Service's TCP connections. Needs root, `ip`, `nft`, `curl` and `socat` (CI runs as root and installs them).
 
 #[path = "common/lab.rs"]
 mod lab;
@@ -24,6 +24,26 @@ const ECHO_V1: &str = "10.96.80.2";
 const ECHO_V2: &str = "10.96.80.3";
 const EMPTY: &str = "10.96.80.4";
 const SMTP: &str = "10.96.80.5";
+const RAW: &str = "10.96.80.6";
+
+/// The `tcp-guard` example NETWORK filter on Service `raw`: refuses `deny`, upper-cases what
+/// clients send.
+fn tcp_guard(deny: &str) -> String {
+    let module = std::path::Path::new(env!("TIDEGATE_EXAMPLE_FILTERS")).join("tcp_guard.wasm");
+    format!(
+        r#"apiVersion: tidegate.dev/v1alpha1
+kind: WasmFilter
+metadata: {{name: guard, namespace: mesh}}
+spec:
+  type: NETWORK
+  module: {{file: {}}}
+  targetRefs: [{{group: "", kind: Service, name: raw}}]
+  config: {{deny: ["{deny}"], upper: true}}
+---
+"#,
+        module.display()
+    )
+}
 
 /// A Pod object, so tidegate knows the client's namespace.
 fn pod(name: &str, namespace: &str, ip: &str) -> String {
@@ -151,6 +171,17 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
             "SYSTEM:echo 220 ready",
         ],
     );
+    // A byte echo (cat) behind Service `raw`, whose TCP connections a NETWORK filter sees.
+    let _cat_server = lab.spawn(
+        &smtp.netns,
+        "cat",
+        &[],
+        &[
+            "socat",
+            &format!("TCP-LISTEN:7000,bind={},fork,reuseaddr", smtp.ip),
+            "EXEC:cat",
+        ],
+    );
     let config = [
         pod("client", "client", &client.ip),
         pod("consumer", "consumer", &consumer.ip),
@@ -189,6 +220,14 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
             "[{name: mail, port: 2525}]",
             &[&smtp.ip],
         ),
+        service(
+            "raw",
+            RAW,
+            "[{name: tcp-raw, port: 7000}]",
+            "[{name: tcp-raw, port: 7000}]",
+            &[&smtp.ip],
+        ),
+        tcp_guard(&consumer.ip),
         ROUTES.to_string(),
     ]
     .concat();
@@ -283,12 +322,37 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     assert!(stdout(&greeting).contains("220 ready"), "{:?}", greeting);
     assert!(start.elapsed() < Duration::from_secs(10));
 
+    // A NETWORK filter on Service `raw` sees its TCP connections: the bytes a client sends are
+    // upper-cased on the way (the cat echo sends them back), a denied client is refused at
+    // once, and the filter's contexts end with the connections (it logs their byte counts).
+    let raw = lab.exec(
+        &client.netns,
+        &["sh", "-c", &format!("printf hello | socat -t2 - TCP:{RAW}:7000")],
+    );
+    assert_eq!(stdout(&raw), "HELLO", "{raw:?}");
+    let denied = lab.exec(
+        &consumer.netns,
+        &["sh", "-c", &format!("printf hello | socat -t2 - TCP:{RAW}:7000")],
+    );
+    assert_eq!(stdout(&denied), "", "{denied:?}");
+    let start = Instant::now();
+    while !tidegate.log().contains(&format!("tcp-guard: {}:", client.ip)) {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", tidegate.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = tidegate.log();
+    assert!(log.contains("sent 5 bytes, received 5 bytes"), "{log}");
+    assert!(log.contains(&format!("tcp-guard: refusing {}:", consumer.ip)), "{log}");
+
     let detected = |result: &str| lab.metric(&format!("tidegate_protocol_detections_total{{result=\"{result}\"}}"));
     assert_eq!(["http", "tcp", "timeout"].map(detected), [2.0, 1.0, 1.0]);
     let l4 = |outcome: &str| lab.metric(&format!("tidegate_l4_connections_total{{outcome=\"{outcome}\"}}"));
-    // Ten connections through the HTTP chain; the opaque and the server-first ones forwarded;
-    // the pod-to-pod one passed through.
-    assert_eq!(["http", "forwarded", "passed_through"].map(l4), [10.0, 2.0, 1.0]);
+    // Ten connections through the HTTP chain; the opaque, the server-first and the filtered
+    // ones forwarded; the pod-to-pod one passed through; the denied one closed by the filter.
+    assert_eq!(
+        ["http", "forwarded", "passed_through", "filter_closed"].map(l4),
+        [10.0, 3.0, 1.0, 1.0]
+    );
     assert!(
         tidegate.log().contains("east-west HTTP"),
         "no east-west HTTP logged:\n{}",

@@ -28,6 +28,12 @@ pub struct WasmFilterSpec {
     /// What the filter applies to. Empty: every Gateway and route in the WasmFilter's namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_refs: Vec<TargetRef>,
+    /// `HTTP` (default): the filter sees HTTP requests (proxy-wasm HTTP contexts). `NETWORK`:
+    /// it sees TCP connections to the Services it targets (stream contexts:
+    /// `proxy_on_new_connection`, downstream and upstream data, close), as Istio's WasmPlugin
+    /// `type: NETWORK`.
+    #[serde(default, rename = "type")]
+    pub filter_type: FilterType,
     /// Where the filter runs relative to the standard policy, router and balancer filters.
     #[serde(default)]
     pub phase: Phase,
@@ -96,6 +102,16 @@ pub struct TargetRef {
     /// The object's name (for `Namespace`, the namespace). Gateways, routes and Services are
     /// looked up in the WasmFilter's namespace.
     pub name: String,
+}
+
+/// What a filter sees: HTTP requests, or TCP connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FilterType {
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "NETWORK")]
+    Network,
 }
 
 /// Where in the chain a filter runs: policy → user filters → router → balancer.

@@ -28,10 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use super::detect::{self, Detected};
 use super::http::ConnectionInfo;
 use super::listener;
-use super::tcp::{self, Destination, Entry, L4State};
-use super::worker::Worker;
+use super::tcp::{self, Destination, Entry, Filtered, L4State};
+use super::worker::{Generation, Worker};
 use crate::metrics::{Detection, L4Outcome};
 use crate::snapshot::{ConnectionProtocol, Frontend, FrontendKind, Snapshot};
+use crate::wasm::{ConnectionProperties, HttpExchange};
 
 /// Accepts on one of this worker's transparent listeners until the process exits.
 pub(super) async fn accept_loop(listener: TcpListener, entry: Entry, worker: Rc<Worker>, l4: Arc<L4State>) {
@@ -63,8 +64,9 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
     let from_pod = l4.picker.is_local_pod(peer.ip());
     // Before the first configuration version nothing is a Service: pods' connections pass
     // through as they would without tidegate.
-    let snapshot = worker
-        .current()
+    let generation = worker.current();
+    let snapshot = generation
+        .as_ref()
         .map(|g| g.published.snapshot.clone())
         .unwrap_or_default();
     let destination = tcp::destination(&snapshot, entry, original, from_pod);
@@ -77,10 +79,67 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
             listener::serve_http(stream, Rc::new(info), worker).await
         }
         Plan::L4(destination) => {
+            let filters = match (&destination, generation) {
+                (Destination::Service { frontend, .. }, Some(generation)) if generation.network.is_some() => {
+                    network_filters(generation, frontend, peer, original, &snapshot)
+                }
+                _ => None,
+            };
             drop(snapshot);
-            tcp::forward_to(stream, peer, original, destination, port, &l4).await
+            match filters {
+                Some(Err(filters)) => {
+                    // A filter refused the connection (or failed closed); its contexts end when
+                    // `filters` is dropped.
+                    l4.metrics.l4_connection(L4Outcome::FilterClosed);
+                    tcp::reset(stream);
+                    drop(filters);
+                }
+                Some(Ok(filters)) => {
+                    tcp::forward_to(stream, peer, original, destination, port, &l4, Some(filters)).await
+                }
+                None => tcp::forward_to(stream, peer, original, destination, port, &l4, None).await,
+            }
         }
     }
+}
+
+/// Opens the connection in the NETWORK filters whose scope takes its Service: `None` when none
+/// does (the bytes are spliced), `Err` when one closed it.
+fn network_filters(
+    generation: Rc<Generation>,
+    frontend: &Frontend,
+    peer: SocketAddr,
+    original: SocketAddr,
+    snapshot: &Snapshot,
+) -> Option<Result<Filtered, Filtered>> {
+    let chain = generation.network.as_ref()?;
+    let mut ex = HttpExchange::default();
+    let int = |n: i64| n.to_le_bytes().to_vec();
+    let mut entries = vec![
+        ("source.address", peer.to_string().into_bytes()),
+        ("source.port", int(peer.port().into())),
+        ("destination.address", original.to_string().into_bytes()),
+        ("destination.port", int(original.port().into())),
+        ("connection.id", int(super::listener::next_connection_id() as i64)),
+        ("tidegate.service", frontend.service.clone().into_bytes()),
+        ("tidegate.cluster", frontend.cluster.clone().into_bytes()),
+    ];
+    if let Some(workload) = snapshot.workloads.get(&peer.ip()) {
+        entries.push(("tidegate.source_namespace", workload.namespace.clone().into_bytes()));
+    }
+    ex.connection = Some(Arc::new(ConnectionProperties { entries }));
+    let (connection, opened) = chain.connect(ex, |scope| scope.applies_to_connection(&frontend.service));
+    if connection.is_empty() && opened.is_ok() {
+        return None;
+    }
+    let filtered = Filtered { generation, connection };
+    Some(match opened {
+        Ok(()) => Ok(filtered),
+        Err(abort) => {
+            tracing::debug!(%peer, %original, %abort, "a network filter refused the connection");
+            Err(filtered)
+        }
+    })
 }
 
 /// Decides HTTP or L4 (see the module docs), detecting the protocol when the port does not say.

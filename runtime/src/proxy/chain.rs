@@ -70,6 +70,9 @@ use hyper::HeaderMap;
 use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue};
 
+mod l4;
+
+pub use self::l4::{Connection, Side};
 use super::callout::{CalloutSender, PendingCallout};
 use crate::metrics::Metrics;
 use crate::translate::wasmfilters::FilterScope;

@@ -19,17 +19,23 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::chain::{Abort, Connection, Side};
 use super::pick::Picker;
 use super::splice::{self, Ended};
+use super::worker::Generation;
 use crate::capture::PodCidr;
 use crate::metrics::{L4Outcome, Metrics};
 use crate::snapshot::{Frontend, L4Endpoint, Snapshot};
+use crate::wasm::PeerType;
 
 /// How long connecting to one endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -135,8 +141,33 @@ impl L4State {
     }
 }
 
+/// A connection's contexts in the NETWORK filters that took it, and the generation whose
+/// chain they live in. Dropping it ends the contexts.
+pub(super) struct Filtered {
+    pub(super) generation: Rc<Generation>,
+    pub(super) connection: Connection,
+}
+
+impl Filtered {
+    /// Tells the filters one side closed.
+    fn closed(&mut self, side: Side, peer: PeerType) {
+        if let Some(chain) = self.generation.network.as_ref() {
+            chain.connection_closed(&mut self.connection, side, peer);
+        }
+    }
+}
+
+impl Drop for Filtered {
+    fn drop(&mut self) {
+        if let Some(chain) = self.generation.network.as_ref() {
+            chain.finish_connection(&mut self.connection);
+        }
+    }
+}
+
 /// Forwards a captured connection at L4 to `destination` (see [`destination`]); `port` is the
-/// listener's own port.
+/// listener's own port. With `filters`, the bytes go through the NETWORK filters that took the
+/// connection (copied, not spliced).
 pub(super) async fn forward_to(
     client: TcpStream,
     peer: SocketAddr,
@@ -144,6 +175,7 @@ pub(super) async fn forward_to(
     destination: Destination,
     port: u16,
     shared: &L4State,
+    mut filters: Option<Filtered>,
 ) {
     let (picker, metrics) = (&shared.picker, &shared.metrics);
     let from_pod = picker.is_local_pod(peer.ip());
@@ -185,7 +217,17 @@ pub(super) async fn forward_to(
                     None => metrics.l4_connection(L4Outcome::PassedThrough),
                 }
                 tracing::debug!(%peer, %original, endpoint = %endpoint.addr, keep_source, "forwarding");
-                return forward(client, upstream).await;
+                return match filters.take() {
+                    Some(mut filters) => {
+                        filters
+                            .connection
+                            .ex
+                            .properties
+                            .set("upstream.address", endpoint.addr.to_string());
+                        forward_filtered(client, upstream, filters).await
+                    }
+                    None => forward(client, upstream).await,
+                };
             }
             Err(e) => {
                 tracing::debug!(%peer, %original, endpoint = %endpoint.addr, error = %e, "cannot connect; trying the next endpoint")
@@ -235,6 +277,103 @@ async fn forward(client: TcpStream, upstream: TcpStream) {
             reset(upstream);
         }
     }
+}
+
+/// Forwards both ways through the NETWORK filters: each read goes through them and what they
+/// let out is written on; half-closes are passed on and reported to them. A filter closing
+/// the connection, or failing closed, resets both sides.
+async fn forward_filtered(mut client: TcpStream, mut upstream: TcpStream, mut filters: Filtered) {
+    let result = filtered_copy(&mut client, &mut upstream, &mut filters).await;
+    match result {
+        Ok(FilteredEnd::Closed) => tracing::trace!("filtered connection ended"),
+        Ok(FilteredEnd::Idle) => {
+            tracing::debug!(timeout = ?IDLE_TIMEOUT, "idle connection closed");
+            filters.closed(Side::Downstream, PeerType::Local);
+        }
+        Err(FilteredError::Abort(abort)) => {
+            tracing::debug!(%abort, "a network filter ended the connection");
+            filters.closed(Side::Downstream, PeerType::Local);
+            reset(client);
+            reset(upstream);
+        }
+        Err(FilteredError::Io(e)) => {
+            tracing::debug!(error = %e, "connection ended with an error");
+            reset(client);
+            reset(upstream);
+        }
+    }
+}
+
+enum FilteredEnd {
+    Closed,
+    Idle,
+}
+
+enum FilteredError {
+    Abort(Abort),
+    Io(io::Error),
+}
+
+impl From<Abort> for FilteredError {
+    fn from(abort: Abort) -> Self {
+        FilteredError::Abort(abort)
+    }
+}
+
+impl From<io::Error> for FilteredError {
+    fn from(e: io::Error) -> Self {
+        FilteredError::Io(e)
+    }
+}
+
+async fn filtered_copy(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    filters: &mut Filtered,
+) -> Result<FilteredEnd, FilteredError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CHUNK: usize = 64 * 1024;
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let (mut from_client, mut from_upstream) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        let read = tokio::time::timeout(IDLE_TIMEOUT, async {
+            tokio::select! {
+                n = client_read.read(&mut from_client), if client_open => (Side::Downstream, n),
+                n = upstream_read.read(&mut from_upstream), if upstream_open => (Side::Upstream, n),
+            }
+        })
+        .await;
+        let Ok((side, n)) = read else {
+            return Ok(FilteredEnd::Idle);
+        };
+        let n = n?;
+        let chain = filters
+            .generation
+            .network
+            .as_ref()
+            .expect("a filtered connection comes from a generation with network filters");
+        let connection = &mut filters.connection;
+        let (input, output): (&[u8], &mut (dyn tokio::io::AsyncWrite + Unpin + Send)) = match side {
+            Side::Downstream => (&from_client[..n], &mut upstream_write),
+            Side::Upstream => (&from_upstream[..n], &mut client_write),
+        };
+        let out = chain.connection_data(connection, side, Bytes::copy_from_slice(input), n == 0)?;
+        if !out.is_empty() {
+            output.write_all(&out).await?;
+        }
+        if n == 0 {
+            // That side is done sending: pass the half-close on.
+            output.shutdown().await?;
+            chain.connection_closed(connection, side, PeerType::Remote);
+            match side {
+                Side::Downstream => client_open = false,
+                Side::Upstream => upstream_open = false,
+            }
+        }
+    }
+    Ok(FilteredEnd::Closed)
 }
 
 /// Closes with RST (SO_LINGER 0), as a refused connection looks to the client.

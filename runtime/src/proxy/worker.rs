@@ -222,6 +222,15 @@ fn user_chain_filter(filter: &ResolvedFilter, unavailable: &FilterModule) -> Opt
 pub struct Generation {
     pub published: Arc<Published>,
     pub chain: Chain,
+    /// The NETWORK filters (stream contexts on TCP connections to Services), when any.
+    pub network: Option<Chain>,
+}
+
+impl Generation {
+    /// Both chains.
+    fn chains(&self) -> impl Iterator<Item = &Chain> {
+        std::iter::once(&self.chain).chain(self.network.as_ref())
+    }
 }
 
 pub struct Worker {
@@ -262,11 +271,18 @@ impl Worker {
                 return;
             }
             let now = tokio::time::Instant::now();
-            let next = current.chain.tick(now.into_std()).map(tokio::time::Instant::from_std);
+            let next = current
+                .chains()
+                .filter_map(|chain| chain.tick(now.into_std()))
+                .min()
+                .map(tokio::time::Instant::from_std);
             drop(current);
             let sleep = tokio::time::sleep_until(next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK));
             let answers = std::future::poll_fn(|cx| match generation.upgrade() {
-                Some(current) if current.chain.poll_background(cx) => std::task::Poll::Ready(()),
+                // Every chain is polled, so each registers its waker.
+                Some(current) if current.chains().fold(false, |any, c| c.poll_background(cx) | any) => {
+                    std::task::Poll::Ready(())
+                }
                 Some(_) => std::task::Poll::Pending,
                 None => std::task::Poll::Ready(()),
             });
@@ -281,7 +297,7 @@ impl Worker {
     async fn drive_queues(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<QueueReady>) {
         while let Some(ready) = rx.recv().await {
             let Some(current) = self.current() else { continue };
-            if !current.chain.on_queue_ready(ready) {
+            if !current.chains().any(|chain| chain.on_queue_ready(ready)) {
                 tracing::debug!(
                     worker = self.id,
                     ?ready,
@@ -299,6 +315,7 @@ impl Worker {
     fn apply(self: &Rc<Self>, published: Arc<Published>) {
         let version = published.snapshot.version;
         let filters = self.compose(&published);
+        let network_filters = self.network_filters(&published);
         let snapshot = published.snapshot.clone();
         let env = ChainEnv {
             instance: InstanceEnv {
@@ -307,11 +324,19 @@ impl Worker {
             },
             callouts: Some(Rc::new(CalloutSender::new(self.upstreams.clone(), snapshot))),
         };
-        match Chain::start_with(&filters, self.metrics.clone(), env) {
-            Ok(chain) => {
+        let chains = Chain::start_with(&filters, self.metrics.clone(), env.clone()).and_then(|chain| {
+            let network = match network_filters.is_empty() {
+                true => None,
+                false => Some(Chain::start_with(&network_filters, self.metrics.clone(), env)?),
+            };
+            Ok((chain, network))
+        });
+        match chains {
+            Ok((chain, network)) => {
                 let generation = Rc::new(Generation {
                     published: published.clone(),
                     chain,
+                    network,
                 });
                 *self.current.borrow_mut() = Some(generation.clone());
                 tokio::task::spawn_local(self.clone().drive_background(Rc::downgrade(&generation)));
@@ -343,7 +368,7 @@ impl Worker {
             published
                 .user_filters
                 .iter()
-                .filter(|f| phases.contains(&f.plan.phase))
+                .filter(|f| !f.plan.network && phases.contains(&f.plan.phase))
                 .filter_map(|f| user_chain_filter(f, unavailable))
                 .collect::<Vec<_>>()
         };
@@ -353,6 +378,24 @@ impl Worker {
         chain.push(standard(balancer, &published.balancer_config));
         chain.extend(user(&[Phase::PostBalancing]));
         chain
+    }
+
+    /// The NETWORK filters, in priority order (they see TCP connections, so phases do not
+    /// apply).
+    fn network_filters(&self, published: &Published) -> Vec<ChainFilter> {
+        let unavailable = &self.modules[2];
+        let mut network: Vec<&ResolvedFilter> = published.user_filters.iter().filter(|f| f.plan.network).collect();
+        // Higher priority first, then by name (as within a phase).
+        network.sort_by(|a, b| {
+            b.plan
+                .priority
+                .cmp(&a.plan.priority)
+                .then_with(|| a.plan.name.cmp(&b.plan.name))
+        });
+        network
+            .into_iter()
+            .filter_map(|f| user_chain_filter(f, unavailable))
+            .collect()
     }
 
     /// Binds new ports and stops accepting on removed ones (open connections finish).

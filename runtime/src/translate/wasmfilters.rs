@@ -38,6 +38,8 @@ pub struct UserFilterPlan {
     pub memory_bytes: u64,
     pub call_timeout: Duration,
     pub scope: FilterScope,
+    /// `type: NETWORK`: the filter sees TCP connections (stream contexts), not HTTP requests.
+    pub network: bool,
 }
 
 /// Where a module is read from.
@@ -235,6 +237,7 @@ fn plan(
         memory_bytes,
         call_timeout,
         scope,
+        network: spec.filter_type == wasmfilter::FilterType::Network,
     })
 }
 
@@ -284,9 +287,16 @@ fn scope(spec: &wasmfilter::WasmFilterSpec, namespace: &str) -> Result<FilterSco
         return Ok(scope);
     }
     let after_routing = matches!(spec.phase, Phase::PostRouting | Phase::PostBalancing);
+    let network = spec.filter_type == wasmfilter::FilterType::Network;
     for (index, target) in spec.target_refs.iter().enumerate() {
         let qualified = format!("{namespace}/{}", target.name);
         match (target.group.as_str(), target.kind.as_str()) {
+            ("", "Service") if network => scope.services.push(qualified),
+            (GATEWAY_GROUP, _) if network => {
+                return Err(format!(
+                    "spec.targetRefs[{index}]: a NETWORK filter sees TCP connections to Services; target a core Service or Namespace, or make it an HTTP filter"
+                ));
+            }
             (GATEWAY_GROUP, "Gateway") => scope.gateways.push(qualified),
             (GATEWAY_GROUP, "HTTPRoute") | ("", "Service") if !after_routing => {
                 return Err(format!(
@@ -308,6 +318,13 @@ fn scope(spec: &wasmfilter::WasmFilterSpec, namespace: &str) -> Result<FilterSco
 }
 
 impl FilterScope {
+    /// Whether a TCP connection to Service `service` (`namespace/name`) is in a NETWORK
+    /// filter's scope: the Service is a target, or its namespace is.
+    pub fn applies_to_connection(&self, service: &str) -> bool {
+        let namespace = service.split('/').next().unwrap_or_default();
+        self.services.iter().any(|s| s == service) || self.namespaces.iter().any(|n| n == namespace)
+    }
+
     /// Whether a request is in scope. `gateways` are the Gateways owning the socket the request
     /// came in on, comma-separated (the `tidegate.gateways` property); `frontend` the Service
     /// whose frontend an east-west request was sent to (`tidegate.service`); `route`

@@ -270,6 +270,7 @@ async fn routed(
     let generation = Rc::new(Generation {
         published: Arc::new(published),
         chain,
+        network: None,
     });
     let info = ConnectionInfo {
         id: 1,
