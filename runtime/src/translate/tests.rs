@@ -931,3 +931,35 @@ fn an_external_name_service_is_a_backend_on_any_port_with_its_name_to_resolve() 
             .any(|f| f.service == "ns/outside")
     );
 }
+
+#[test]
+fn network_filters_target_services_or_namespaces_in_any_phase() {
+    let filter = |name: &str, fields: &str| {
+        format!(
+            "---\napiVersion: tidegate.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  type: NETWORK\n  module: {{file: /srv/f.wasm}}\n{fields}"
+        )
+    };
+    let yaml = [
+        filter("on-service", "  targetRefs: [{group: '', kind: Service, name: db}]\n"),
+        filter("on-namespace", ""),
+        filter(
+            "on-gateway",
+            "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n",
+        ),
+    ]
+    .concat();
+    let t = translate(&store_from(&yaml), &options());
+    let plan = |name: &str| t.snapshot.filters.iter().find(|f| f.name == format!("ns/{name}"));
+    let on_service = plan("on-service").expect("planned");
+    assert!(on_service.network);
+    assert!(on_service.scope.applies_to_connection("ns/db"));
+    assert!(!on_service.scope.applies_to_connection("ns/other"));
+    assert!(!on_service.scope.applies_to_connection("other/db"));
+    let on_namespace = plan("on-namespace").expect("planned");
+    assert!(on_namespace.scope.applies_to_connection("ns/anything"));
+    assert!(!on_namespace.scope.applies_to_connection("other/anything"));
+    assert!(plan("on-gateway").is_none());
+    let (status, message) = accepted_condition(&t, "on-gateway");
+    assert_eq!(status, "False");
+    assert!(message.contains("a NETWORK filter sees TCP connections"), "{message}");
+}
