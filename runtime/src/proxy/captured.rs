@@ -34,6 +34,10 @@ use crate::metrics::{Detection, L4Outcome};
 use crate::snapshot::{ConnectionProtocol, Frontend, FrontendKind, Snapshot};
 use crate::wasm::{ConnectionProperties, HttpExchange};
 
+/// How long a NETWORK filter may hold a new connection (waiting for a callout) before it is
+/// reset.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
 /// Accepts on one of this worker's transparent listeners until the process exits.
 pub(super) async fn accept_loop(listener: TcpListener, entry: Entry, worker: Rc<Worker>, l4: Arc<L4State>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
@@ -94,7 +98,28 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
                     tcp::reset(stream);
                     drop(filters);
                 }
-                Some(Ok(filters)) => {
+                Some(Ok(mut filters)) => {
+                    // A filter holding the connection (waiting for a callout) decides first.
+                    if filters.connection.is_paused() {
+                        let generation = filters.generation.clone();
+                        let Some(chain) = generation.network.as_ref() else {
+                            return;
+                        };
+                        let resumed = std::future::poll_fn(|cx| chain.poll_resumed(&mut filters.connection, cx));
+                        match tokio::time::timeout(HOLD_LIMIT, resumed).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(abort)) => {
+                                tracing::debug!(%peer, %original, %abort, "a network filter refused the connection");
+                                l4.metrics.l4_connection(L4Outcome::FilterClosed);
+                                return tcp::reset(stream);
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer, %original, limit = ?HOLD_LIMIT, "a network filter held the connection too long; reset");
+                                l4.metrics.l4_connection(L4Outcome::FilterClosed);
+                                return tcp::reset(stream);
+                            }
+                        }
+                    }
                     tcp::forward_to(stream, peer, original, destination, port, &l4, Some(filters)).await
                 }
                 None => tcp::forward_to(stream, peer, original, destination, port, &l4, None).await,

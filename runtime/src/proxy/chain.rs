@@ -776,6 +776,10 @@ impl Chain {
             entry.resume_response |= actions.resume_response;
             entry.reset_request |= actions.reset_request;
             entry.reset_response |= actions.reset_response;
+            entry.resume_downstream |= actions.resume_downstream;
+            entry.resume_upstream |= actions.resume_upstream;
+            entry.close_downstream |= actions.close_downstream;
+            entry.close_upstream |= actions.close_upstream;
             waker.wake();
         }
     }
@@ -955,7 +959,15 @@ impl Chain {
                 .borrow_mut()
                 .on_http_call_response(callout.ctx, callout.token, response, None);
             match result {
-                Ok(_) => self.collect(callout.slot, None),
+                Ok(_) => {
+                    // What the answer made the filter do to its own context (an L4 connection
+                    // held in `proxy_on_new_connection` resumes or closes) goes to that context.
+                    let own = slot.instance.borrow_mut().take_stream_actions();
+                    if own != StreamActions::default() {
+                        self.route(callout.slot, vec![(callout.ctx, own)]);
+                    }
+                    self.collect(callout.slot, None)
+                }
                 Err(error) => {
                     self.metrics.filter_failure(slot.module.name());
                     tracing::error!(filter = slot.module.name(), %error, "proxy_on_http_call_response failed");
@@ -1338,7 +1350,7 @@ mod tests {
     }
 
     /// A WAT guest with a bump allocator; `$call_auth` makes a callout to `outbound|80||auth.svc`.
-    fn guest(name: &str, callbacks: &str, failure_policy: FailurePolicy) -> ChainFilter {
+    pub(super) fn guest(name: &str, callbacks: &str, failure_policy: FailurePolicy) -> ChainFilter {
         let headers = callout_headers();
         let escaped: String = headers.iter().map(|b| format!("\\{b:02x}")).collect();
         let text = format!(
@@ -1602,7 +1614,7 @@ mod tests {
         }
     }
 
-    fn auth_env() -> ChainEnv {
+    pub(super) fn auth_env() -> ChainEnv {
         ChainEnv {
             instance: InstanceEnv {
                 services: Some(Arc::new(AuthUpstream)),

@@ -11,9 +11,10 @@
 //! `proxy_on_upstream_connection_close`), then the contexts end (`proxy_on_done`, `proxy_on_log`,
 //! `proxy_on_delete`).
 //!
-//! A pause in `proxy_on_new_connection` does not hold the connection: the proxy connects to the
-//! endpoint at once (holding it until a later `proxy_continue_stream` is not supported yet; a
-//! filter that must decide before any byte flows closes the connection from that callback).
+//! A pause in `proxy_on_new_connection` holds the connection (nothing is connected or read, the
+//! later filters are not asked yet) until the filter continues it with `proxy_continue_stream`
+//! — typically from the answer of an HTTP callout — or closes it
+//! ([`Chain::poll_resumed`]).
 //!
 //! A failure applies the filter's policy: FailClosed resets the connection, FailOpen leaves the
 //! filter out of it from then on.
@@ -29,6 +30,10 @@ pub struct Connection {
     /// What the filters read (properties) and the data they are handed.
     pub ex: HttpExchange,
     contexts: Vec<L4Context>,
+    /// Filters in scope whose context is not open yet (a filter before them paused).
+    unopened: Vec<usize>,
+    /// The context (index into `contexts`) that paused in `proxy_on_new_connection`.
+    paused: Option<usize>,
     finished: bool,
 }
 
@@ -66,6 +71,11 @@ impl Connection {
     pub fn is_empty(&self) -> bool {
         self.contexts.is_empty()
     }
+
+    /// Whether a filter holds the connection in `proxy_on_new_connection`.
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
 }
 
 impl Chain {
@@ -73,20 +83,25 @@ impl Chain {
     /// `proxy_on_new_connection` in each. An error (a filter closed the connection, or failed
     /// closed) comes with the connection, whose contexts must still be finished.
     pub fn connect(&self, ex: HttpExchange, takes: impl Fn(&FilterScope) -> bool) -> (Connection, Result<(), Abort>) {
+        let unopened = (0..self.slots.len())
+            .filter(|&index| self.slots[index].scope.as_deref().is_none_or(&takes))
+            .collect();
         let mut connection = Connection {
             ex,
             contexts: Vec::new(),
+            unopened,
+            paused: None,
             finished: false,
         };
-        let opened = self.open(&mut connection, takes);
+        let opened = self.open(&mut connection);
         (connection, opened)
     }
 
-    fn open(&self, connection: &mut Connection, takes: impl Fn(&FilterScope) -> bool) -> Result<(), Abort> {
-        for (index, slot) in self.slots.iter().enumerate() {
-            if !slot.scope.as_deref().is_none_or(&takes) {
-                continue;
-            }
+    /// Opens the contexts not opened yet, in order, until one pauses.
+    fn open(&self, connection: &mut Connection) -> Result<(), Abort> {
+        while !connection.unopened.is_empty() {
+            let index = connection.unopened.remove(0);
+            let slot = &self.slots[index];
             let created = slot.instance.borrow_mut().create_stream_context();
             let ctx = match created {
                 Ok(ctx) => ctx,
@@ -104,9 +119,57 @@ impl Chain {
             });
             let k = connection.contexts.len() - 1;
             let result = slot.instance.borrow_mut().on_new_connection(ctx, &mut connection.ex);
+            let paused = matches!(result, Ok(FilterAction::Pause));
             self.after_l4_callback(connection, k, result.map(|_| ()))?;
+            if paused && !connection.contexts[k].skipped {
+                connection.paused = Some(k);
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Waits for the filter holding the connection to continue it (then the later filters see
+    /// it) or close it. Ready at once when nothing holds it.
+    pub fn poll_resumed(
+        &self,
+        c: &mut Connection,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Abort>> {
+        use std::task::Poll;
+        while let Some(k) = c.paused {
+            let context = &c.contexts[k];
+            let key = (context.slot, context.ctx);
+            if self.slots[context.slot].incarnation.get() != context.incarnation {
+                // The VM holding it failed and was replaced: its failure policy decides.
+                c.paused = None;
+                self.waiting.borrow_mut().remove(&key);
+                if let Err(abort) = self.live_context(c, k) {
+                    return Poll::Ready(Err(abort));
+                }
+                continue;
+            }
+            let actions = self.external.borrow_mut().remove(&key);
+            match actions {
+                Some(actions) if actions.close_downstream || actions.close_upstream => {
+                    self.waiting.borrow_mut().remove(&key);
+                    let filter = self.slots[context.slot].module.name().to_string();
+                    return Poll::Ready(Err(Abort::Reset { filter }));
+                }
+                Some(actions) if actions.resume_downstream || actions.resume_upstream => {
+                    self.waiting.borrow_mut().remove(&key);
+                    c.paused = None;
+                    if let Err(abort) = self.open(c) {
+                        return Poll::Ready(Err(abort));
+                    }
+                }
+                _ => {
+                    self.waiting.borrow_mut().insert(key, cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Runs bytes from one side through the filters (chain order from the client, reverse
@@ -202,6 +265,8 @@ impl Chain {
         for k in 0..c.contexts.len() {
             let context = &c.contexts[k];
             let slot = &self.slots[context.slot];
+            self.waiting.borrow_mut().remove(&(context.slot, context.ctx));
+            self.external.borrow_mut().remove(&(context.slot, context.ctx));
             if slot.incarnation.get() == context.incarnation {
                 slot.instance.borrow_mut().finish_http_context(context.ctx, &mut c.ex);
                 self.collect(context.slot, None);
@@ -328,6 +393,75 @@ mod tests {
         let (c, opened) = chain.connect(from("10.0.0.1:40000"), |s| s.applies_to_connection("mesh/other"));
         assert!(opened.is_ok());
         assert!(c.is_empty());
+        assert_eq!(chain.open_contexts(), 0);
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::proxy::chain::FailurePolicy;
+    use crate::proxy::chain::tests::{auth_env, guest};
+
+    /// A network filter that holds every new connection until the answer of its callout, then
+    /// continues it (`continue`) or closes it.
+    fn holder(then: &str) -> Chain {
+        let stream = if then == "continue" {
+            "$continue_stream"
+        } else {
+            "$close_stream"
+        };
+        let callbacks = format!(
+            r#"
+  (func (export "proxy_on_new_connection") (param $ctx i32) (result i32)
+    (drop (call $call_auth))
+    (i32.const 1))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (drop (call {stream} (i32.const 2))))
+"#
+        );
+        Chain::start_with(
+            &[guest("holder", &callbacks, FailurePolicy::FailClosed)],
+            Arc::new(Metrics::new()),
+            auth_env(),
+        )
+        .expect("chain starts")
+    }
+
+    #[test]
+    fn a_paused_connection_waits_for_the_filter_to_continue_it() {
+        let chain = holder("continue");
+        let (mut c, opened) = chain.connect(HttpExchange::default(), |_| true);
+        assert!(opened.is_ok());
+        assert!(c.is_paused(), "held in proxy_on_new_connection");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(chain.poll_resumed(&mut c, &mut cx).is_pending(), "nothing answered yet");
+        // The callout's answer (a failure: no callout sender here) reaches the filter in the
+        // background, and the filter continues the connection.
+        assert!(chain.poll_background(&mut cx));
+        assert!(matches!(chain.poll_resumed(&mut c, &mut cx), Poll::Ready(Ok(()))));
+        assert!(!c.is_paused());
+        chain.finish_connection(&mut c);
+        assert_eq!(chain.open_contexts(), 0);
+    }
+
+    #[test]
+    fn a_paused_connection_the_filter_closes_is_refused() {
+        let chain = holder("close");
+        let (mut c, opened) = chain.connect(HttpExchange::default(), |_| true);
+        assert!(opened.is_ok() && c.is_paused());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(chain.poll_resumed(&mut c, &mut cx).is_pending());
+        assert!(chain.poll_background(&mut cx));
+        assert!(matches!(
+            chain.poll_resumed(&mut c, &mut cx),
+            Poll::Ready(Err(Abort::Reset { .. }))
+        ));
+        chain.finish_connection(&mut c);
         assert_eq!(chain.open_contexts(), 0);
     }
 }
