@@ -360,6 +360,11 @@ impl BodyCallbacks {
 // === impl FilterModule ===
 
 impl FilterModule {
+    /// Whether both are the same loaded module (not merely equal bytes).
+    pub fn is(&self, other: &FilterModule) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The filter's name: the `filter` field of its logs, its VM id (shared data and metrics).
     pub fn name(&self) -> &str {
         &self.inner.name

@@ -17,7 +17,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Pod, stdout};
+use lab::{BIN, Lab, Pod, stdout};
 
 const ECHO: &str = "10.96.80.1";
 const ECHO_V1: &str = "10.96.80.2";
@@ -25,6 +25,7 @@ const ECHO_V2: &str = "10.96.80.3";
 const EMPTY: &str = "10.96.80.4";
 const SMTP: &str = "10.96.80.5";
 const RAW: &str = "10.96.80.6";
+const H2: &str = "10.96.80.7";
 
 /// The `tcp-guard` example NETWORK filter on Service `raw`: refuses `deny`, upper-cases what
 /// clients send.
@@ -160,6 +161,22 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     let [client, v1, v2, consumer, smtp] = [0, 1, 2, 3, 4].map(|i| lab.pods[i].clone());
     let echo_v1 = lab.echo(&v1, 8080, "v1");
     let _echo_v2 = lab.echo(&v2, 8080, "v2");
+    let h2c_echo = lab.spawn(
+        &v2.netns,
+        "echo-v2-h2c",
+        &[],
+        &[
+            BIN,
+            "echo",
+            "--listen",
+            &format!("{}:8082", v2.ip),
+            "--h2c-listen",
+            &format!("{}:9090", v2.ip),
+            "--pod",
+            "v2-h2c",
+        ],
+    );
+    h2c_echo.wait_for_log("listening on port 9090 (h2c)", lab::STARTUP);
     // A server that speaks first, as SMTP does.
     let _smtp_server = lab.spawn(
         &smtp.netns,
@@ -228,6 +245,7 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
             &[&smtp.ip],
         ),
         tcp_guard(&consumer.ip),
+        service("h2", H2, "[{port: 9090}]", "[{port: 9090}]", &[&v2.ip]),
         ROUTES.to_string(),
     ]
     .concat();
@@ -267,13 +285,14 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     assert!(!direct.headers.contains("x-route"), "{}", direct.headers);
     // An HTTP Service without endpoints answers 503.
     assert_eq!(get(&lab, &client, &url(EMPTY, 80, "/"), &[]).status, 503);
-    // HTTP/2 with prior knowledge is HTTP too.
-    let h2 = get(&lab, &client, &url(ECHO, 8080, "/"), &["--http2-prior-knowledge"]);
-    assert_eq!(h2.pod(), "v1");
+    // HTTP/2 with prior knowledge (as gRPC clients speak) is detected as HTTP too, and goes on
+    // to the backend as HTTP/2.
+    let h2 = get(&lab, &client, &url(H2, 9090, "/"), &["--http2-prior-knowledge"]);
+    assert_eq!(h2.pod(), "v2-h2c");
     assert_eq!(
         h2.json()["proto"],
-        "HTTP/1.1",
-        "upstream stays HTTP/1.1; the client spoke h2"
+        "HTTP/2.0",
+        "the backend is spoken to as the client spoke"
     );
     assert!(h2.headers.starts_with("http/2 200"), "{}", h2.headers);
 

@@ -2,12 +2,18 @@
 //! WebAssembly, wrong digest): every request in the filter's scope is answered 500, with the
 //! reason the host passes as this filter's configuration. Keeping this a filter means the
 //! chain's scope and ordering rules apply to it exactly as to the module it replaces.
+//!
+//! In place of a NETWORK filter the host prefixes the reason with [`NETWORK_PREFIX`]: every
+//! connection in scope is then closed at once, and the reason logged.
+
+/// Prefix of the configuration that makes this a network (stream) filter.
+pub const NETWORK_PREFIX: &[u8] = b"network:";
 
 #[cfg(target_arch = "wasm32")]
 mod shell {
     use tidegate_sdk::proxy_wasm;
-    use tidegate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use tidegate_sdk::proxy_wasm::types::{Action, ContextType};
+    use tidegate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+    use tidegate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
 
     proxy_wasm::main! {{
         proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { reason: Vec::new() }) });
@@ -31,8 +37,32 @@ mod shell {
             }))
         }
 
+        fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+            Some(Box::new(Connection {
+                reason: self.reason[super::NETWORK_PREFIX.len()..].to_vec(),
+            }))
+        }
+
         fn get_type(&self) -> Option<ContextType> {
-            Some(ContextType::HttpContext)
+            Some(match self.reason.starts_with(super::NETWORK_PREFIX) {
+                true => ContextType::StreamContext,
+                false => ContextType::HttpContext,
+            })
+        }
+    }
+
+    struct Connection {
+        reason: Vec<u8>,
+    }
+
+    impl Context for Connection {}
+
+    impl StreamContext for Connection {
+        fn on_new_connection(&mut self) -> Action {
+            let reason = String::from_utf8_lossy(&self.reason);
+            proxy_wasm::hostcalls::log(LogLevel::Warn, &format!("connection closed: {}", reason.trim_end())).ok();
+            self.close_downstream();
+            Action::Pause
         }
     }
 

@@ -16,7 +16,8 @@
 //!    addresses) takes the L4 path, as kube-proxy serves it.
 //!
 //! A Service port with no endpoint and no route is refused at once (TCP reset) without waiting
-//! for detection; one declared HTTP answers 503 per request instead.
+//! for detection; one declared HTTP answers 503 per request instead. NETWORK filters targeting
+//! the Service see the connection before any of this, whichever path it then takes.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -66,64 +67,74 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
     let _ = stream.set_nodelay(true);
     let Ok(original) = stream.local_addr() else { return };
     let from_pod = l4.picker.is_local_pod(peer.ip());
-    // Before the first configuration version nothing is a Service: pods' connections pass
-    // through as they would without tidegate.
-    let generation = worker.current();
-    let snapshot = generation
-        .as_ref()
-        .map(|g| g.published.snapshot.clone())
-        .unwrap_or_default();
+    // Where it goes follows the latest configuration even when a filter rejected it (the
+    // worker then keeps its previous filters, but Services and endpoints move on). Before the
+    // first version nothing is a Service: pods' connections pass through.
+    let snapshot = worker.latest_snapshot();
     let destination = tcp::destination(&snapshot, entry, original, from_pod);
+    // NETWORK filters see every connection to their Services first, whatever it speaks, so
+    // none can be bypassed by sending HTTP.
+    let filters = match &destination {
+        Destination::Service { frontend, .. } => match worker.current() {
+            Some(generation) if generation.network.is_some() => {
+                match network_filters(generation, frontend, peer, original, &snapshot) {
+                    None => None,
+                    Some(Err(refused)) => return refuse(stream, refused, &l4),
+                    Some(Ok(filters)) => match hold(filters, peer, original).await {
+                        Ok(filters) => Some(filters),
+                        Err(refused) => return refuse(stream, refused, &l4),
+                    },
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     match plan(destination, &stream, &l4).await {
         Plan::Http(frontend) => {
             tracing::debug!(%peer, %original, service = frontend.service, "east-west HTTP");
             l4.metrics.l4_connection(L4Outcome::Http);
             let info = connection_info(peer, original, &frontend, &snapshot);
             drop(snapshot);
-            listener::serve_http(stream, Rc::new(info), worker).await
+            listener::serve_http(stream, Rc::new(info), worker).await;
+            // The filters' contexts end with the connection (their data callbacks do not run:
+            // the HTTP chain carries the bytes).
+            drop(filters);
         }
         Plan::L4(destination) => {
-            let filters = match (&destination, generation) {
-                (Destination::Service { frontend, .. }, Some(generation)) if generation.network.is_some() => {
-                    network_filters(generation, frontend, peer, original, &snapshot)
-                }
-                _ => None,
-            };
             drop(snapshot);
-            match filters {
-                Some(Err(filters)) => {
-                    // A filter refused the connection (or failed closed); its contexts end when
-                    // `filters` is dropped.
-                    l4.metrics.l4_connection(L4Outcome::FilterClosed);
-                    tcp::reset(stream);
-                    drop(filters);
-                }
-                Some(Ok(mut filters)) => {
-                    // A filter holding the connection (waiting for a callout) decides first.
-                    if filters.connection.is_paused() {
-                        let generation = filters.generation.clone();
-                        let Some(chain) = generation.network.as_ref() else {
-                            return;
-                        };
-                        let resumed = std::future::poll_fn(|cx| chain.poll_resumed(&mut filters.connection, cx));
-                        match tokio::time::timeout(HOLD_LIMIT, resumed).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(abort)) => {
-                                tracing::debug!(%peer, %original, %abort, "a network filter refused the connection");
-                                l4.metrics.l4_connection(L4Outcome::FilterClosed);
-                                return tcp::reset(stream);
-                            }
-                            Err(_) => {
-                                tracing::warn!(%peer, %original, limit = ?HOLD_LIMIT, "a network filter held the connection too long; reset");
-                                l4.metrics.l4_connection(L4Outcome::FilterClosed);
-                                return tcp::reset(stream);
-                            }
-                        }
-                    }
-                    tcp::forward_to(stream, peer, original, destination, port, &l4, Some(filters)).await
-                }
-                None => tcp::forward_to(stream, peer, original, destination, port, &l4, None).await,
-            }
+            tcp::forward_to(stream, peer, original, destination, port, &l4, filters).await
+        }
+    }
+}
+
+/// Resets a connection a NETWORK filter refused (its contexts end as `refused` drops).
+fn refuse(stream: TcpStream, refused: Filtered, l4: &L4State) {
+    l4.metrics.l4_connection(L4Outcome::FilterClosed);
+    tcp::reset(stream);
+    drop(refused);
+}
+
+/// Waits while a NETWORK filter holds the new connection (for a callout's answer): `Err` when
+/// it closes it, or holds it past [`HOLD_LIMIT`].
+async fn hold(mut filters: Filtered, peer: SocketAddr, original: SocketAddr) -> Result<Filtered, Filtered> {
+    if !filters.connection.is_paused() {
+        return Ok(filters);
+    }
+    let generation = filters.generation.clone();
+    let Some(chain) = generation.network.as_ref() else {
+        return Ok(filters);
+    };
+    let resumed = std::future::poll_fn(|cx| chain.poll_resumed(&mut filters.connection, cx));
+    match tokio::time::timeout(HOLD_LIMIT, resumed).await {
+        Ok(Ok(())) => Ok(filters),
+        Ok(Err(abort)) => {
+            tracing::debug!(%peer, %original, %abort, "a network filter refused the connection");
+            Err(filters)
+        }
+        Err(_) => {
+            tracing::warn!(%peer, %original, limit = ?HOLD_LIMIT, "a network filter held the connection too long; reset");
+            Err(filters)
         }
     }
 }

@@ -43,6 +43,10 @@ pub fn classify(bytes: &[u8]) -> Option<bool> {
         return (bytes.len() >= H2_PREFACE.len()).then_some(true);
     }
     // Zero header slots: a complete request line followed by a header is `TooManyHeaders`.
+    // A CONNECT to a forward proxy behind the Service is a tunnel, not a request to route.
+    if bytes.starts_with(b"CONNECT ") {
+        return Some(false);
+    }
     let mut request = httparse::Request::new(&mut []);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => Some(true),
@@ -123,6 +127,11 @@ mod tests {
         assert_eq!(classify(&[0, 0, 0, 0]), Some(false));
         assert_eq!(classify(b"hello world\n"), Some(false));
         assert_eq!(classify(b"GET / FTP/1.1\r\n"), Some(false));
+        assert_eq!(
+            classify(b"CONNECT example.com:443 HTTP/1.1\r\n"),
+            Some(false),
+            "a tunnel"
+        );
     }
 
     #[test]

@@ -240,6 +240,12 @@ async fn proxy(
         let mut s = shared.stream.borrow_mut();
         fix_length(&mut s, Direction::Request);
         decision(&s.ex, &generation.published.snapshot).and_then(|(endpoint, protocol)| {
+            // East-west, a client speaking HTTP/2 (gRPC) talks to a backend that does: keep it.
+            let protocol = if info.service.is_some() && parts.version == Version::HTTP_2 {
+                UpstreamProtocol::H2c
+            } else {
+                protocol
+            };
             let upgrade = upgrade.as_ref().map(|u| &u.protocol);
             upstream_request(&s.ex, &parts, request_body, endpoint, protocol, info, upgrade)
                 .map(|request| (endpoint, protocol, request))
@@ -287,14 +293,17 @@ async fn proxy(
         }
     };
 
-    // The upstream switched protocols: once both sides have upgraded, bytes flow between them
-    // untouched. The 101 still goes through the response filters first.
+    // The upstream switched protocols: once the 101 has been through the response filters
+    // (and still is a 101) and both sides have upgraded, bytes flow between them untouched.
     let switched = match upgrade {
         Some(upgrade) if upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            let protocol = upstream_response.headers().get(hyper::header::UPGRADE).cloned();
+            let protocol = upstream_response
+                .headers()
+                .get(hyper::header::UPGRADE)
+                .cloned()
+                .unwrap_or(upgrade.protocol);
             let upstream = hyper::upgrade::on(&mut upstream_response);
-            tokio::task::spawn_local(tunnel(upgrade.downstream, upstream));
-            protocol.or(Some(upgrade.protocol))
+            Some((upgrade.downstream, upstream, protocol))
         }
         _ => None,
     };
@@ -321,7 +330,10 @@ async fn proxy(
     let mut s = shared.stream.borrow_mut();
     fix_length(&mut s, Direction::Response);
     apply_response_headers(&s.ex.response_headers, &mut parts);
-    if let Some(protocol) = switched {
+    if let Some((downstream, upstream, protocol)) = switched
+        && parts.status == StatusCode::SWITCHING_PROTOCOLS
+    {
+        tokio::task::spawn_local(tunnel(downstream, upstream));
         // Hop-by-hop, so removed above; a 101 needs them.
         parts
             .headers
@@ -798,12 +810,12 @@ fn upstream_request(
 
 /// X-Forwarded-For / X-Forwarded-Proto, as every gateway sets them. East-west the proxy is
 /// transparent (as Istio's and Linkerd's are): the backend sees the client's own address, and
-/// X-Forwarded-For is left as the client sent it.
+/// both headers are left as the client sent them.
 fn append_forwarded(headers: &mut hyper::HeaderMap, info: &ConnectionInfo) {
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.scheme));
     if info.service.is_some() {
         return;
     }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.scheme));
     let client = info.remote.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {client}"),

@@ -91,13 +91,20 @@ async fn serve_connection(
         upstream_source: None,
         properties: Default::default(),
     };
-    match plan.protocol {
+    let protocol = plan.protocol;
+    let tls = match protocol {
+        PortProtocol::Https => generation.published.tls.get(&(address, gateway_port)).cloned(),
+        PortProtocol::Http => None,
+    };
+    // Requests read the current generation themselves: a long connection must not keep the
+    // generation it was accepted on (its VMs and snapshot) alive.
+    drop(generation);
+    match protocol {
         PortProtocol::Http => serve_http(stream, Rc::new(info.with_properties()), worker).await,
         PortProtocol::Https => {
-            let Some(config) = generation.published.tls.get(&(address, gateway_port)).cloned() else {
+            let Some(config) = tls else {
                 return;
             };
-            drop(generation);
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {

@@ -206,7 +206,8 @@ pub(super) async fn forward_to(
     for endpoint in candidates {
         // Replies come back through this node only if the endpoint runs here or the client is
         // one of its pods; otherwise leave from the node's own address.
-        let keep_source = picker.keep_source(&endpoint, from_pod);
+        // Not to the client itself (hairpin): see `Upstreams::send`.
+        let keep_source = picker.keep_source(&endpoint, from_pod) && endpoint.addr.ip() != peer.ip();
         match connect(keep_source.then_some(peer.ip()), endpoint.addr, CONNECT_TIMEOUT).await {
             Ok(upstream) => {
                 match &frontend {
@@ -326,54 +327,104 @@ impl From<io::Error> for FilteredError {
     }
 }
 
+/// One step of [`filtered_copy`].
+enum Step {
+    /// Bytes (or the end) read from a side.
+    Read(Side, io::Result<usize>),
+    /// Bytes written towards a side (`Downstream`: to the client).
+    Wrote(Side, io::Result<usize>),
+}
+
+/// Reads both sides, runs what comes through the filters, and writes what they let out, each
+/// direction on its own (a blocked write never stops the other direction, and a side is read
+/// only while less than [`BACKLOG`] of its output waits). Half-closes go on once everything
+/// before them is written.
 async fn filtered_copy(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     filters: &mut Filtered,
 ) -> Result<FilteredEnd, FilteredError> {
+    use bytes::{Buf, BytesMut};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const CHUNK: usize = 64 * 1024;
+    /// Output waiting for a slow side before the other side is no longer read.
+    const BACKLOG: usize = 1 << 20;
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let (mut from_client, mut from_upstream) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut to_upstream, mut to_client) = (BytesMut::new(), BytesMut::new());
+    // Whether each side may still send, and whether each side was told the other ended.
     let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        let read = tokio::time::timeout(IDLE_TIMEOUT, async {
+    let (mut upstream_shut, mut client_shut) = (false, false);
+    loop {
+        if !client_open && to_upstream.is_empty() && !upstream_shut {
+            upstream_write.shutdown().await?;
+            upstream_shut = true;
+        }
+        if !upstream_open && to_client.is_empty() && !client_shut {
+            client_write.shutdown().await?;
+            client_shut = true;
+        }
+        if upstream_shut && client_shut {
+            return Ok(FilteredEnd::Closed);
+        }
+        let step = tokio::time::timeout(IDLE_TIMEOUT, async {
             tokio::select! {
-                n = client_read.read(&mut from_client), if client_open => (Side::Downstream, n),
-                n = upstream_read.read(&mut from_upstream), if upstream_open => (Side::Upstream, n),
+                n = client_read.read(&mut from_client), if client_open && to_upstream.len() < BACKLOG => {
+                    Some(Step::Read(Side::Downstream, n))
+                }
+                n = upstream_read.read(&mut from_upstream), if upstream_open && to_client.len() < BACKLOG => {
+                    Some(Step::Read(Side::Upstream, n))
+                }
+                n = upstream_write.write(&to_upstream), if !to_upstream.is_empty() => Some(Step::Wrote(Side::Upstream, n)),
+                n = client_write.write(&to_client), if !to_client.is_empty() => Some(Step::Wrote(Side::Downstream, n)),
+                else => None,
             }
         })
         .await;
-        let Ok((side, n)) = read else {
-            return Ok(FilteredEnd::Idle);
+        let step = match step {
+            Err(_) => return Ok(FilteredEnd::Idle),
+            Ok(None) => return Ok(FilteredEnd::Closed),
+            Ok(Some(step)) => step,
         };
-        let n = n?;
-        let chain = filters
-            .generation
-            .network
-            .as_ref()
-            .expect("a filtered connection comes from a generation with network filters");
-        let connection = &mut filters.connection;
-        let (input, output): (&[u8], &mut (dyn tokio::io::AsyncWrite + Unpin + Send)) = match side {
-            Side::Downstream => (&from_client[..n], &mut upstream_write),
-            Side::Upstream => (&from_upstream[..n], &mut client_write),
-        };
-        let out = chain.connection_data(connection, side, Bytes::copy_from_slice(input), n == 0)?;
-        if !out.is_empty() {
-            output.write_all(&out).await?;
-        }
-        if n == 0 {
-            // That side is done sending: pass the half-close on.
-            output.shutdown().await?;
-            chain.connection_closed(connection, side, PeerType::Remote);
-            match side {
-                Side::Downstream => client_open = false,
-                Side::Upstream => upstream_open = false,
+        match step {
+            Step::Read(side, n) => {
+                let n = n?;
+                let input = match side {
+                    Side::Downstream => &from_client[..n],
+                    Side::Upstream => &from_upstream[..n],
+                };
+                let chain = filters
+                    .generation
+                    .network
+                    .as_ref()
+                    .expect("a filtered connection comes from a generation with network filters");
+                let out =
+                    chain.connection_data(&mut filters.connection, side, Bytes::copy_from_slice(input), n == 0)?;
+                match side {
+                    Side::Downstream => to_upstream.extend_from_slice(&out),
+                    Side::Upstream => to_client.extend_from_slice(&out),
+                }
+                if n == 0 {
+                    chain.connection_closed(&mut filters.connection, side, PeerType::Remote);
+                    match side {
+                        Side::Downstream => client_open = false,
+                        Side::Upstream => upstream_open = false,
+                    }
+                }
+            }
+            Step::Wrote(towards, n) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+                match towards {
+                    Side::Upstream => to_upstream.advance(n),
+                    Side::Downstream => to_client.advance(n),
+                }
             }
         }
     }
-    Ok(FilteredEnd::Closed)
 }
 
 /// Closes with RST (SO_LINGER 0), as a refused connection looks to the client.

@@ -68,6 +68,10 @@ impl Upstreams {
         protocol: UpstreamProtocol,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        // A pod reaching itself through its Service (hairpin) would get a packet from its own
+        // address, which Linux drops as martian: it comes from the node's address instead, as
+        // kube-proxy masquerades hairpin traffic.
+        let source = source.filter(|s| *s != endpoint.ip());
         let key = (source, endpoint);
         match protocol {
             UpstreamProtocol::Http1 => self.send_http1(key, request).await,
@@ -119,6 +123,7 @@ impl Upstreams {
         endpoint: SocketAddr,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let source = source.filter(|s| *s != endpoint.ip());
         let io = connect((source, endpoint)).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(io)

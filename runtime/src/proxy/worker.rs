@@ -127,6 +127,7 @@ impl DataPlane {
                         serving: version,
                         tried: tried_version,
                         queue_waker,
+                        latest: RefCell::new(None),
                     });
                     local.spawn_local(worker.clone().drive_queues(queue_rx));
                     if let Some(capture) = capture {
@@ -244,12 +245,15 @@ pub struct Worker {
     serving: Arc<AtomicU64>,
     tried: Arc<AtomicU64>,
     queue_waker: QueueWaker,
+    /// The latest published snapshot, whether or not it became a generation.
+    latest: RefCell<Option<Arc<crate::snapshot::Snapshot>>>,
 }
 
 impl Worker {
     async fn run(self: Rc<Self>, mut rx: watch::Receiver<Arc<Published>>) {
         loop {
             let published = rx.borrow_and_update().clone();
+            *self.latest.borrow_mut() = Some(published.snapshot.clone());
             if published.snapshot.version > 0 {
                 self.apply(published);
             }
@@ -259,23 +263,25 @@ impl Worker {
         }
     }
 
-    /// Drives what happens to this generation's VMs outside requests, while it is the current
-    /// one: `proxy_on_tick` at each filter's period, and the answers of callouts made from root
-    /// contexts. Holds the generation only while working, so a replaced one is freed.
+    /// Drives what happens to this generation's VMs outside requests: `proxy_on_tick` at each
+    /// filter's period while it is the current one, and the answers of callouts made from root
+    /// contexts (or for held connections) for as long as anything still uses it. Holds the
+    /// generation only while working, so a replaced one is freed once nothing uses it.
     async fn drive_background(self: Rc<Self>, generation: std::rc::Weak<Generation>) {
         /// How often to look again when no filter asked for ticks (a filter may ask later).
         const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
         loop {
             let Some(current) = generation.upgrade() else { return };
-            if !self.current.borrow().as_ref().is_some_and(|c| Rc::ptr_eq(c, &current)) {
-                return;
-            }
+            let is_current = self.current.borrow().as_ref().is_some_and(|c| Rc::ptr_eq(c, &current));
             let now = tokio::time::Instant::now();
-            let next = current
-                .chains()
-                .filter_map(|chain| chain.tick(now.into_std()))
-                .min()
-                .map(tokio::time::Instant::from_std);
+            let next = match is_current {
+                true => current
+                    .chains()
+                    .filter_map(|chain| chain.tick(now.into_std()))
+                    .min()
+                    .map(tokio::time::Instant::from_std),
+                false => None,
+            };
             drop(current);
             let sleep = tokio::time::sleep_until(next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK));
             let answers = std::future::poll_fn(|cx| match generation.upgrade() {
@@ -310,6 +316,12 @@ impl Worker {
     /// The generation new requests start on.
     pub fn current(&self) -> Option<Rc<Generation>> {
         self.current.borrow().clone()
+    }
+
+    /// The latest published snapshot (also when a filter rejected it and the current
+    /// generation is an older one); empty before the first.
+    pub fn latest_snapshot(&self) -> Arc<crate::snapshot::Snapshot> {
+        self.latest.borrow().clone().unwrap_or_default()
     }
 
     fn apply(self: &Rc<Self>, published: Arc<Published>) {
@@ -395,6 +407,15 @@ impl Worker {
         network
             .into_iter()
             .filter_map(|f| user_chain_filter(f, unavailable))
+            .map(|mut filter| {
+                // The stand-in for a module that did not load closes connections instead.
+                if filter.module.is(unavailable) {
+                    let mut reason = b"network:".to_vec();
+                    reason.extend_from_slice(&filter.config);
+                    filter.config = Arc::from(reason);
+                }
+                filter
+            })
             .collect()
     }
 

@@ -188,10 +188,20 @@ impl Chain {
         };
         let mut data = bytes;
         for k in order {
-            if c.contexts[k].skipped {
+            let ctx = match c.contexts[k].skipped {
+                true => None,
+                false => self.live_context(c, k)?,
+            };
+            let Some(ctx) = ctx else {
+                // Left out (after a fail-open failure): what it held goes on first, in order.
+                let held = std::mem::take(&mut c.contexts[k].held[side.index()]);
+                if !held.is_empty() {
+                    let mut joined = held;
+                    joined.append(data);
+                    data = joined.take();
+                }
                 continue;
-            }
-            let Some(ctx) = self.live_context(c, k)? else { continue };
+            };
             let slot = &self.slots[c.contexts[k].slot];
             let mut buffer = std::mem::take(&mut c.contexts[k].held[side.index()]);
             buffer.append(data);
@@ -224,7 +234,17 @@ impl Chain {
             };
             self.after_l4_callback(c, k, Ok::<(), String>(()))?;
             if action == FilterAction::Pause && !end_of_stream {
-                // Held until the next bytes come (or the end).
+                // Held until the next bytes come (or the end), up to the chain's buffer limit.
+                if out.len() > self.buffer_limit {
+                    let filter = slot.module.name().to_string();
+                    tracing::warn!(%filter, held = out.len(), limit = self.buffer_limit, "a network filter held more than the buffer limit; connection reset");
+                    let direction = match side {
+                        Side::Downstream => super::Direction::Request,
+                        Side::Upstream => super::Direction::Response,
+                    };
+                    self.metrics.body_buffer_limit(&filter, direction.name());
+                    return Err(Abort::BufferLimit { filter, direction });
+                }
                 c.contexts[k].held[side.index()] = out;
                 return Ok(Bytes::new());
             }
@@ -385,6 +405,33 @@ mod tests {
         assert_eq!(chain.open_contexts(), 0);
         let (_, allowed) = chain.connect(from("10.0.0.1:40000"), |s| s.applies_to_connection("mesh/raw"));
         assert!(allowed.is_ok());
+    }
+
+    #[test]
+    fn the_stand_in_for_a_network_filter_that_did_not_load_closes_connections() {
+        let filter = ChainFilter {
+            module: RUNTIME
+                .load("unavailable", crate::filters::UNAVAILABLE_WASM)
+                .expect("loads"),
+            config: Arc::from(&b"network:filter mesh/guard is unavailable: no such file\n"[..]),
+            limits: SandboxLimits::default(),
+            failure_policy: FailurePolicy::FailClosed,
+            scope: None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let chain = Chain::start(&[filter], metrics.clone()).expect("starts");
+        for _ in 0..2 {
+            let (mut c, opened) = chain.connect(from("10.0.0.1:40000"), |_| true);
+            assert!(matches!(opened, Err(Abort::Reset { .. })), "{opened:?}");
+            chain.finish_connection(&mut c);
+        }
+        assert_eq!(chain.open_contexts(), 0);
+        assert!(
+            !metrics
+                .encode()
+                .contains("tidegate_filter_failures_total{filter=\"unavailable\"} "),
+            "closing is not a failure of the stand-in"
+        );
     }
 
     #[test]
