@@ -285,6 +285,14 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     assert!(!direct.headers.contains("x-route"), "{}", direct.headers);
     // An HTTP Service without endpoints answers 503.
     assert_eq!(get(&lab, &client, &url(EMPTY, 80, "/"), &[]).status, 503);
+    // A pod reaching itself through its Service (hairpin): served, from the node's address
+    // (a packet from its own address would be dropped as martian).
+    let seen_before = echo_v1.clients_seen().len();
+    assert_eq!(get(&lab, &v1, &url(ECHO_V1, 8080, "/"), &[]).pod(), "v1");
+    assert_eq!(
+        &echo_v1.clients_seen()[seen_before..],
+        std::slice::from_ref(&lab.node_ip)
+    );
     // HTTP/2 with prior knowledge (as gRPC clients speak) is detected as HTTP too, and goes on
     // to the backend as HTTP/2.
     let h2 = get(&lab, &client, &url(H2, 9090, "/"), &["--http2-prior-knowledge"]);
@@ -366,11 +374,12 @@ fn east_west_http_is_routed_by_the_services_routes_and_other_bytes_take_the_l4_p
     let detected = |result: &str| lab.metric(&format!("tidegate_protocol_detections_total{{result=\"{result}\"}}"));
     assert_eq!(["http", "tcp", "timeout"].map(detected), [2.0, 1.0, 1.0]);
     let l4 = |outcome: &str| lab.metric(&format!("tidegate_l4_connections_total{{outcome=\"{outcome}\"}}"));
-    // Ten connections through the HTTP chain; the opaque, the server-first and the filtered
-    // ones forwarded; the pod-to-pod one passed through; the denied one closed by the filter.
+    // Eleven connections through the HTTP chain; the opaque, the server-first and the
+    // filtered ones forwarded; the pod-to-pod one passed through; the denied one closed by the
+    // filter.
     assert_eq!(
         ["http", "forwarded", "passed_through", "filter_closed"].map(l4),
-        [10.0, 3.0, 1.0, 1.0]
+        [11.0, 3.0, 1.0, 1.0]
     );
     assert!(
         tidegate.log().contains("east-west HTTP"),
