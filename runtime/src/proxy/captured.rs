@@ -43,14 +43,7 @@ const HOLD_LIMIT: Duration = Duration::from_secs(60);
 pub(super) async fn accept_loop(listener: TcpListener, entry: Entry, worker: Rc<Worker>, l4: Arc<L4State>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = listener::accept(&listener).await;
         tokio::task::spawn_local(serve(stream, peer, entry, port, worker.clone(), l4.clone()));
     }
 }
@@ -74,10 +67,16 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
     let destination = tcp::destination(&snapshot, entry, original, from_pod);
     // NETWORK filters see every connection to their Services first, whatever it speaks, so
     // none can be bypassed by sending HTTP.
+    // What filters read of the connection, built once and only when some filter will.
+    let mut info = None;
     let filters = match &destination {
         Destination::Service { frontend, .. } => match worker.current() {
             Some(generation) if generation.network.is_some() => {
-                match network_filters(generation, frontend, peer, original, &snapshot) {
+                let properties = info
+                    .get_or_insert_with(|| connection_info(peer, original, frontend, &snapshot))
+                    .properties
+                    .clone();
+                match network_filters(generation, frontend, properties) {
                     None => None,
                     Some(Err(refused)) => return refuse(stream, refused, &l4),
                     Some(Ok(filters)) => match hold(filters, peer, original).await {
@@ -94,7 +93,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, entry: Entry, port: u16, wor
         Plan::Http(frontend) => {
             tracing::debug!(%peer, %original, service = frontend.service, "east-west HTTP");
             l4.metrics.l4_connection(L4Outcome::Http);
-            let info = connection_info(peer, original, &frontend, &snapshot);
+            let info = info.unwrap_or_else(|| connection_info(peer, original, &frontend, &snapshot));
             drop(snapshot);
             listener::serve_http(stream, Rc::new(info), worker).await;
             // The filters' contexts end with the connection (their data callbacks do not run:
@@ -144,26 +143,15 @@ async fn hold(mut filters: Filtered, peer: SocketAddr, original: SocketAddr) -> 
 fn network_filters(
     generation: Rc<Generation>,
     frontend: &Frontend,
-    peer: SocketAddr,
-    original: SocketAddr,
-    snapshot: &Snapshot,
+    properties: Arc<ConnectionProperties>,
 ) -> Option<Result<Filtered, Filtered>> {
     let chain = generation.network.as_ref()?;
-    let mut ex = HttpExchange::default();
-    let int = |n: i64| n.to_le_bytes().to_vec();
-    let mut entries = vec![
-        ("source.address", peer.to_string().into_bytes()),
-        ("source.port", int(peer.port().into())),
-        ("destination.address", original.to_string().into_bytes()),
-        ("destination.port", int(original.port().into())),
-        ("connection.id", int(super::listener::next_connection_id() as i64)),
-        ("tidegate.service", frontend.service.clone().into_bytes()),
-        ("tidegate.cluster", frontend.cluster.clone().into_bytes()),
-    ];
-    if let Some(workload) = snapshot.workloads.get(&peer.ip()) {
-        entries.push(("tidegate.source_namespace", workload.namespace.clone().into_bytes()));
-    }
-    ex.connection = Some(Arc::new(ConnectionProperties { entries }));
+    let mut ex = HttpExchange {
+        connection: Some(properties),
+        ..Default::default()
+    };
+    // The Service port is the cluster an L4 connection goes to (no router picks one).
+    ex.properties.set("tidegate.cluster", frontend.cluster.clone());
     let (connection, opened) = chain.connect(ex, |scope| scope.applies_to_connection(&frontend.service));
     if connection.is_empty() && opened.is_ok() {
         return None;
@@ -172,7 +160,7 @@ fn network_filters(
     Some(match opened {
         Ok(()) => Ok(filtered),
         Err(abort) => {
-            tracing::debug!(%peer, %original, %abort, "a network filter refused the connection");
+            tracing::debug!(service = frontend.service, %abort, "a network filter refused the connection");
             Err(filtered)
         }
     })
@@ -214,7 +202,7 @@ async fn plan(destination: Destination, stream: &TcpStream, l4: &L4State) -> Pla
     }
 }
 
-/// The connection as the HTTP chain sees it: no Gateway; the Service frontend, its port and the
+/// The connection as filters see it (the HTTP chain, and NETWORK filters): no Gateway; the Service frontend, its port and the
 /// client pod's namespace instead. Upstream connections leave from the client's address (it is
 /// one of this node's pods, so replies come back here).
 fn connection_info(peer: SocketAddr, original: SocketAddr, frontend: &Frontend, snapshot: &Snapshot) -> ConnectionInfo {

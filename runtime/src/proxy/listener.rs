@@ -40,17 +40,23 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-pub async fn accept_loop(listener: TcpListener, address: IpAddr, gateway_port: u16, worker: Rc<Worker>) {
+/// The next accepted connection. Failures (out of file descriptors and similar) are logged and
+/// retried after a pause instead of spinning.
+pub(super) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
             Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+pub async fn accept_loop(listener: TcpListener, address: IpAddr, gateway_port: u16, worker: Rc<Worker>) {
+    loop {
+        let (stream, remote) = accept(&listener).await;
         let _ = stream.set_nodelay(true);
         worker.metrics.connection_accepted();
         tokio::task::spawn_local(serve_connection(stream, remote, address, gateway_port, worker.clone()));

@@ -62,9 +62,10 @@ impl Picker {
     /// Whether the upstream side may keep the client's address: only when the endpoint's
     /// replies come back through this node (it runs here, or the client is one of this node's
     /// pods, whose network the cluster routes here). Otherwise the node's own address is used,
-    /// as kube-proxy masquerades, or the replies would bypass the node.
-    pub fn keep_source(&self, endpoint: &L4Endpoint, from_pod: bool) -> bool {
-        endpoint.local || from_pod
+    /// as kube-proxy masquerades, or the replies would bypass the node. Never when the endpoint
+    /// is the client itself (hairpin): a packet from its own address is dropped as martian.
+    pub fn keep_source(&self, endpoint: &L4Endpoint, from_pod: bool, client: IpAddr) -> bool {
+        (endpoint.local || from_pod) && endpoint.addr.ip() != client
     }
 }
 
@@ -210,8 +211,10 @@ mod tests {
             addr: addr("10.244.1.3:80"),
             local: false,
         };
-        assert!(picker.keep_source(&local, false));
-        assert!(picker.keep_source(&remote, true));
-        assert!(!picker.keep_source(&remote, false));
+        let client = "10.0.0.99".parse().unwrap();
+        assert!(picker.keep_source(&local, false, client));
+        assert!(picker.keep_source(&remote, true, client));
+        assert!(!picker.keep_source(&remote, false, client));
+        assert!(!picker.keep_source(&local, true, local.addr.ip()), "hairpin");
     }
 }

@@ -206,8 +206,7 @@ pub(super) async fn forward_to(
     for endpoint in candidates {
         // Replies come back through this node only if the endpoint runs here or the client is
         // one of its pods; otherwise leave from the node's own address.
-        // Not to the client itself (hairpin): see `Upstreams::send`.
-        let keep_source = picker.keep_source(&endpoint, from_pod) && endpoint.addr.ip() != peer.ip();
+        let keep_source = picker.keep_source(&endpoint, from_pod, peer.ip());
         match connect(keep_source.then_some(peer.ip()), endpoint.addr, CONNECT_TIMEOUT).await {
             Ok(upstream) => {
                 match &frontend {

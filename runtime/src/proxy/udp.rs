@@ -167,7 +167,7 @@ pub(super) async fn serve(
             metrics.udp_flow(UdpOutcome::NoEndpoint);
             continue;
         };
-        let keep_source = picker.keep_source(&endpoint, from_pod);
+        let keep_source = picker.keep_source(&endpoint, from_pod, IpAddr::V4(*client.ip()));
         let sockets = open_flow(client, original, endpoint.addr, keep_source);
         let (downstream, upstream) = match sockets {
             Ok(sockets) => sockets,

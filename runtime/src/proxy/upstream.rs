@@ -57,6 +57,13 @@ pub struct Upstreams {
 /// Connections are shared by requests to one endpoint from one source (`None`: the node's).
 type PoolKey = (Option<IpAddr>, SocketAddr);
 
+/// The source a connection to `endpoint` leaves from: `source`, except when that is the
+/// endpoint itself (hairpin: a packet from its own address is dropped as martian, so it comes
+/// from the node's address, as kube-proxy masquerades hairpin traffic).
+fn pool_key(source: Option<IpAddr>, endpoint: SocketAddr) -> PoolKey {
+    (source.filter(|s| *s != endpoint.ip()), endpoint)
+}
+
 impl Upstreams {
     /// Sends `request` to `endpoint`, from `source` when given (else from the node's address).
     /// For HTTP/1.1 the URI must be origin-form with a Host header; for HTTP/2 it must be
@@ -68,11 +75,7 @@ impl Upstreams {
         protocol: UpstreamProtocol,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // A pod reaching itself through its Service (hairpin) would get a packet from its own
-        // address, which Linux drops as martian: it comes from the node's address instead, as
-        // kube-proxy masquerades hairpin traffic.
-        let source = source.filter(|s| *s != endpoint.ip());
-        let key = (source, endpoint);
+        let key = pool_key(source, endpoint);
         match protocol {
             UpstreamProtocol::Http1 => self.send_http1(key, request).await,
             UpstreamProtocol::H2c => self.send_h2(key, request).await,
@@ -123,8 +126,7 @@ impl Upstreams {
         endpoint: SocketAddr,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let source = source.filter(|s| *s != endpoint.ip());
-        let io = connect((source, endpoint)).await?;
+        let io = connect(pool_key(source, endpoint)).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(io)
             .await

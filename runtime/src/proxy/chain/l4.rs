@@ -58,6 +58,15 @@ pub enum Side {
 }
 
 impl Side {
+    /// Where this side's bytes are handed to filters (`DOWNSTREAM_DATA` is the exchange's
+    /// request body, `UPSTREAM_DATA` its response body).
+    fn data(self, ex: &mut HttpExchange) -> &mut BodyBuffer {
+        match self {
+            Side::Downstream => &mut ex.request_body,
+            Side::Upstream => &mut ex.response_body,
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Side::Downstream => 0,
@@ -205,11 +214,7 @@ impl Chain {
             let slot = &self.slots[c.contexts[k].slot];
             let mut buffer = std::mem::take(&mut c.contexts[k].held[side.index()]);
             buffer.append(data);
-            let body = match side {
-                Side::Downstream => &mut c.ex.request_body,
-                Side::Upstream => &mut c.ex.response_body,
-            };
-            *body = buffer;
+            *side.data(&mut c.ex) = buffer;
             let result = {
                 let mut instance = slot.instance.borrow_mut();
                 match side {
@@ -217,11 +222,7 @@ impl Chain {
                     Side::Upstream => instance.on_upstream_data(ctx, &mut c.ex, end_of_stream),
                 }
             };
-            let body = match side {
-                Side::Downstream => &mut c.ex.request_body,
-                Side::Upstream => &mut c.ex.response_body,
-            };
-            let mut out = std::mem::take(body);
+            let mut out = std::mem::take(side.data(&mut c.ex));
             let action = match result {
                 Ok(action) => action,
                 Err(e) => {
